@@ -1,0 +1,59 @@
+"""Device selection shared by training and prediction (no Qt, no napari)."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Return the torch device for ``device``.
+
+    ``"auto"`` (or ``None``) picks CUDA, then Apple MPS, then the CPU.  An
+    explicit device that is not available raises a ``ValueError`` with a
+    message a user can act on.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = "auto" if device is None else str(device).strip().lower()
+        if name == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                return torch.device("mps")
+            return torch.device("cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}"
+            ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available: use 'cpu' or 'auto'")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device 'mps' requested but Apple MPS is not available: use 'cpu' or 'auto'")
+    return dev
+
+
+def describe_device(device: torch.device) -> str:
+    """A one-line human description, e.g. ``"cuda:0 (NVIDIA H100, 75.2 GiB free)"``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = torch.cuda.get_device_name(index)
+        free, total = torch.cuda.mem_get_info(index)
+        return f"cuda:{index} ({name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free accelerator memory in bytes, or ``None`` on the CPU/MPS."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
