@@ -1,0 +1,236 @@
+"""Sample data: a synthetic EM-like stack with exact labels, and ISBI 2012.
+
+:func:`synthetic_em` makes, deterministically from a seed, a stack that looks
+like serial-section EM of neuropil: cells as a Voronoi tessellation whose
+seeds drift slowly through the stack (so neighbouring sections are
+correlated), dark membranes of varying thickness along the cell borders,
+mitochondria-like dark textured blobs inside cells, uneven illumination,
+blur and noise.  The ground truth is exact, so the stack is both the demo and
+the test fixture.
+
+:func:`load_isbi2012` downloads the real ISBI 2012 training set (30 x 512 x
+512 ssTEM sections with membrane labels) on demand with pooch and caches it.
+No Qt or napari here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+MEMBRANE = 1
+CELL = 2
+MITOCHONDRION = 3
+CLASS_NAMES = ("membrane", "cell")
+
+#: The EMBL copy of the ISBI 2012 training set (HDF5, as used by torch-em).
+ISBI_URL = "https://oc.embl.de/index.php/s/h0TkwqxU0PJDdMd/download"
+ISBI_SHA256 = "0e10fe909a1243084d91773470856993b7d40126a12e85f0f1345a7a9e512f29"
+ISBI_FILENAME = "isbi2012.h5"
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Low-frequency random field in [0, 1] (Gaussian-filtered white noise)."""
+    f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=scale, mode="wrap")
+    f -= f.min()
+    peak = f.max()
+    return f / peak if peak > 0 else f
+
+
+def synthetic_em(
+    shape: tuple[int, ...] = (16, 512, 512),
+    seed: int = 0,
+    *,
+    cell_size: float = 40.0,
+    mitochondria: bool = True,
+    mitochondria_class: bool = False,
+    noise: float = 0.08,
+    return_instances: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Make a synthetic EM-like stack and its exact ground truth.
+
+    Parameters
+    ----------
+    shape
+        ``(Z, Y, X)`` or ``(Y, X)``.
+    seed
+        The same seed always gives the same stack.
+    cell_size
+        Typical cell diameter in pixels.
+    mitochondria
+        Add dark textured mitochondria-like blobs inside some cells.
+    mitochondria_class
+        Label mitochondria as class 3 instead of "cell".
+    noise
+        Standard deviation of the additive noise (image range 0..1).
+    return_instances
+        Also return the cell instance ids (0 on membranes).
+
+    Returns
+    -------
+    image : uint8 array of ``shape``
+    labels : uint8 array of ``shape``; 1 = membrane, 2 = cell (3 = mitochondrion)
+    instances : int32 array of ``shape`` (only with ``return_instances``)
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"shape must be (Y, X) or (Z, Y, X) with positive sizes, got {shape}")
+    if cell_size <= 2:
+        raise ValueError(f"cell_size must be larger than 2 pixels, got {cell_size}")
+    squeeze = len(shape) == 2
+    nz, ny, nx = (1, *shape) if squeeze else shape
+    rng = np.random.default_rng(seed)
+
+    n_cells = max(2, round(ny * nx / (0.8 * cell_size**2)))
+    # seeds on a jittered grid so cells have similar sizes; they drift through z
+    base = rng.uniform(0, 1, size=(n_cells, 2)) * [ny, nx]
+    drift = rng.normal(0, 0.6, size=(n_cells, 2))
+    # membrane half-thickness per pair is smooth in space: from a field
+    thick_field = 0.9 + 1.8 * _smooth_field(rng, (ny, nx), scale=cell_size)
+    illum = 0.8 + 0.35 * _smooth_field(rng, (ny, nx), scale=max(ny, nx) / 4)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    pix = np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.float64)
+
+    image = np.empty((nz, ny, nx), np.uint8)
+    labels = np.empty((nz, ny, nx), np.uint8)
+    instances = np.empty((nz, ny, nx), np.int32)
+    mito_seeds = rng.choice(n_cells, size=max(1, n_cells // 4), replace=False)
+    mito_shape = rng.uniform(0.18, 0.32, size=(len(mito_seeds), 2)) * cell_size
+    mito_angle = rng.uniform(0, np.pi, size=len(mito_seeds))
+    mito_offset = rng.normal(0, 0.12 * cell_size, size=(len(mito_seeds), 2))
+    for z in range(nz):
+        pts = base + drift * z
+        pts[:, 0] %= ny
+        pts[:, 1] %= nx
+        tree = cKDTree(pts)
+        _, idx = tree.query(pix, k=2)
+        p1, p2 = pts[idx[:, 0]], pts[idx[:, 1]]
+        d1sq = np.sum((pix - p1) ** 2, axis=1)
+        d2sq = np.sum((pix - p2) ** 2, axis=1)
+        sep = np.sqrt(np.sum((p2 - p1) ** 2, axis=1)) + 1e-9
+        border = ((d2sq - d1sq) / (2 * sep)).reshape(ny, nx)  # distance to the bisector
+        membrane = border < thick_field
+        inst = (idx[:, 0].reshape(ny, nx) + 1).astype(np.int32)
+        inst[membrane] = 0
+
+        lab = np.where(membrane, MEMBRANE, CELL).astype(np.uint8)
+        # intensities: bright cytoplasm with texture, dark membranes
+        texture = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), 1.5)
+        img = 0.68 + 0.05 * texture
+        edge = np.clip(1.0 - border / (thick_field + 1.0), 0.0, 1.0)
+        img = img - 0.45 * edge**1.5
+        if mitochondria:
+            for k, cell in enumerate(mito_seeds):
+                cy, cx = pts[cell] + mito_offset[k]
+                a, b = mito_shape[k]
+                c, s = np.cos(mito_angle[k]), np.sin(mito_angle[k])
+                r = 2 * int(max(a, b)) + 2
+                y0, y1 = max(0, int(cy) - r), min(ny, int(cy) + r + 1)
+                x0, x1 = max(0, int(cx) - r), min(nx, int(cx) + r + 1)
+                if y0 >= y1 or x0 >= x1:
+                    continue
+                dy = yy[y0:y1, x0:x1] - cy
+                dx = xx[y0:y1, x0:x1] - cx
+                u = (c * dy + s * dx) / a
+                v = (-s * dy + c * dx) / b
+                inside = (u**2 + v**2 <= 1.0) & (inst[y0:y1, x0:x1] == cell + 1)
+                # keep mitochondria off the membrane
+                inside &= border[y0:y1, x0:x1] > thick_field[y0:y1, x0:x1] + 2.0
+                if not inside.any():
+                    continue
+                cristae = 0.06 * np.sin(2.2 * u * np.pi * 2)
+                img[y0:y1, x0:x1][inside] = (0.36 + cristae)[inside]
+                if mitochondria_class:
+                    lab[y0:y1, x0:x1][inside] = MITOCHONDRION
+        img = img * illum
+        img = ndimage.gaussian_filter(img, 0.8)
+        img = img + rng.normal(0, noise, size=img.shape)
+        image[z] = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+        labels[z] = lab
+        instances[z] = inst
+
+    if squeeze:
+        image, labels, instances = image[0], labels[0], instances[0]
+    if return_instances:
+        return image, labels, instances
+    return image, labels
+
+
+# --------------------------------------------------------------------------- ISBI 2012
+
+
+def isbi_cache_dir() -> Path:
+    """Where the ISBI download is cached (``$NAPARI_UNET_DATA`` or pooch's OS cache)."""
+    env = os.environ.get("NAPARI_UNET_DATA")
+    if env:
+        return Path(env)
+    import pooch
+
+    return Path(pooch.os_cache("napari-unet"))
+
+
+def _find_dataset(h5: Any, want: tuple[str, ...]) -> Any:
+    found: list[Any] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if hasattr(obj, "shape") and len(obj.shape) == 3 and all(w in name.lower() for w in want):
+            found.append(obj)
+
+    h5.visititems(visit)
+    return found[0] if found else None
+
+
+def load_isbi2012(
+    *,
+    url: str = ISBI_URL,
+    known_hash: str | None = ISBI_SHA256,
+    cache_dir: str | os.PathLike | None = None,
+    progressbar: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Download (once) and load the ISBI 2012 training stack.
+
+    Returns
+    -------
+    image : (30, 512, 512) uint8
+    labels : (30, 512, 512) uint8 in napari-unet's convention: 1 = membrane, 2 = cell
+
+    Raises
+    ------
+    RuntimeError
+        If the download fails or the file does not match its checksum, with
+        the URL in the message.
+    """
+    import h5py
+    import pooch
+
+    folder = Path(cache_dir) if cache_dir is not None else isbi_cache_dir()
+    try:
+        fname = pooch.retrieve(
+            url,
+            known_hash=f"sha256:{known_hash}" if known_hash else None,
+            fname=ISBI_FILENAME,
+            path=folder,
+            progressbar=progressbar,
+        )
+    except Exception as exc:
+        raise RuntimeError(f"could not download the ISBI 2012 data from {url}: {exc}") from exc
+    with h5py.File(fname, "r") as h5:
+        raw = _find_dataset(h5, ("raw",))
+        lab = _find_dataset(h5, ("membrane",))
+        if raw is None or lab is None:
+            raise RuntimeError(f"{fname}: no raw/membrane datasets found in the ISBI file")
+        image = np.asarray(raw[...])
+        membranes = np.asarray(lab[...])
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    # The challenge files use 255 inside cells and 0 on membranes; other copies
+    # flag membranes instead.  Membranes are the minority class (~22 %) either way.
+    positive = membranes > 0
+    cells = positive if positive.mean() >= 0.5 else ~positive
+    labels = np.where(cells, CELL, MEMBRANE).astype(np.uint8)
+    return image, labels
