@@ -85,5 +85,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .model import UNet
     from .sample_data import load_isbi2012, synthetic_em
     from .tiling import predict_dask, predict_tiled
-    from .training import Trainer, TrainConfig, train
+    from .training import TrainConfig, Trainer, train
     from .weightmap import border_weight_map, instances_from_mask

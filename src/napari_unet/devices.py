@@ -32,11 +32,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
                 f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}"
             ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available: use 'cpu' or 'auto'")
+        raise ValueError(
+            "device 'cuda' requested but no CUDA GPU is available: use 'cpu' or 'auto'"
+        )
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ValueError("device 'mps' requested but Apple MPS is not available: use 'cpu' or 'auto'")
+            raise ValueError(
+                "device 'mps' requested but Apple MPS is not available: use 'cpu' or 'auto'"
+            )
     return dev
 
 

@@ -42,7 +42,7 @@ _UNIT_TO_UM = {
     "nanometer": 1e-3,
     "um": 1.0,
     "µm": 1.0,
-    "\u00b5m": 1.0,
+    "\u03bcm": 1.0,
     "micron": 1.0,
     "micrometer": 1.0,
     "mm": 1e3,
@@ -352,7 +352,9 @@ def read_tiff(
             tif.close()
 
 
-def check_same_shape(labels_shape: Sequence[int], image_shape: Sequence[int], what: str = "labels") -> None:
+def check_same_shape(
+    labels_shape: Sequence[int], image_shape: Sequence[int], what: str = "labels"
+) -> None:
     """Raise :class:`ShapeMismatchError` unless the two shapes are equal."""
     if tuple(labels_shape) != tuple(image_shape):
         raise ShapeMismatchError(
@@ -413,7 +415,9 @@ def atomic_write(path: str | os.PathLike, write: Any, suffix: str = ".tif") -> P
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise InvalidImageError(f"{path}: could not write the file ({exc.strerror or exc})") from exc
+        raise InvalidImageError(
+            f"{path}: could not write the file ({exc.strerror or exc})"
+        ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,61 @@
+"""``napari-unet [gui]``: open napari with a stack (default: the synthetic sample) and the docks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gui",
+        help="open napari with the napari-unet docks (the default command)",
+        description="Open napari with a stack (default: the synthetic EM sample) and all napari-unet docks.",
+    )
+    p.add_argument("image", nargs="?", help="TIFF stack to open (default: the synthetic EM sample)")
+    p.add_argument("--labels", help="a labels TIFF to open with the image")
+    p.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        help="save a screenshot of the window to PNG and exit (for docs and smoke tests)",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io import read_tiff
+
+    # check the files before starting Qt, so a bad path is one line on stderr
+    image = read_tiff(args.image) if args.image else None
+    labels = read_tiff(args.labels, as_labels=True) if args.labels else None
+    if image is not None and labels is not None:
+        from ..io import check_same_shape
+
+        check_same_shape(labels.shape, image.shape)
+
+    import napari
+
+    from .._napari.reader import layer_data_from_tiff
+    from .._qt import open_all_widgets
+
+    viewer = napari.Viewer(title="napari-unet")
+    if image is None:
+        viewer.open_sample("napari-unet", "synthetic_em")
+    else:
+        for td, as_labels in ((image, False), (labels, True)):
+            if td is None:
+                continue
+            data, meta, kind = layer_data_from_tiff(td, as_labels=as_labels)
+            getattr(viewer, f"add_{kind}")(data, **meta)
+    open_all_widgets(viewer)
+    if args.screenshot:
+        from qtpy.QtCore import QTimer
+
+        def _shoot() -> None:
+            viewer.window._qt_window.grab().save(str(Path(args.screenshot)))
+            viewer.close()
+
+        viewer.window._qt_window.resize(1500, 950)
+        QTimer.singleShot(1500, _shoot)
+    napari.run()
+    return 0
