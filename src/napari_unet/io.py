@@ -200,7 +200,7 @@ def _lazy_array(series: tifffile.TiffPageSeries, path: Path) -> tuple[Any, str]:
     """A lazy view on ``series``: memmap if contiguous and uncompressed, else dask."""
     if series.dataoffset is not None:
         try:
-            return tifffile.memmap(str(path), series=series.index, mode="r"), "memmap"
+            return tifffile.memmap(str(path), series=0, mode="r"), "memmap"
         except (ValueError, OSError):
             pass
     import dask.array as da

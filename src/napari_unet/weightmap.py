@@ -93,7 +93,9 @@ def instances_from_mask(
     if isinstance(connectivity, bool) or not isinstance(connectivity, int | np.integer):
         raise TypeError(f"connectivity must be an int, got {type(connectivity).__name__}")
     if not 1 <= connectivity <= arr.ndim:
-        raise ValueError(f"connectivity must be in 1..{arr.ndim} for a {arr.ndim}D mask, got {connectivity}")
+        raise ValueError(
+            f"connectivity must be in 1..{arr.ndim} for a {arr.ndim}D mask, got {connectivity}"
+        )
 
     if object_value is None:
         if arr.dtype == bool:
