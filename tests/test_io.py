@@ -266,7 +266,7 @@ LAZY_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("compressed", [False, True])
 def test_lazy_open_reads_only_what_is_viewed(tmp_path: Path, compressed: bool) -> None:
     """A stack above the memory budget opens lazily: RSS grows by far less than its size."""
-    shape = (24, 1024, 1024)  # 24 MiB of uint16 = 48 MiB
+    shape = (64, 1024, 1024)  # 64 Mi pixels of uint16 = 128 MiB
     path = tmp_path / "big.tif"
     rng = np.random.default_rng(4)
     with tifffile.TiffWriter(path) as tw:
@@ -292,6 +292,7 @@ def test_lazy_open_reads_only_what_is_viewed(tmp_path: Path, compressed: bool) -
     assert res["storage"] == ("dask" if compressed else "memmap")
     assert res["shape"] == list(shape)
     assert res["checksum"] == expected
-    # opening costs far less than the stack; one page costs about one page
-    assert res["open"] < nbytes / 8, res
-    assert res["page"] < nbytes / 4, res
+    # opening (which decodes one page to guess image vs labels, plus the decoder's
+    # one-off buffers) costs a small fraction of the stack; another page about one page
+    assert res["open"] < nbytes / 4, res
+    assert res["page"] < 3 * nbytes / shape[0], res

@@ -91,6 +91,55 @@ def _resolve_generator(seed: int | None, generator: torch.Generator | None) -> t
     return torch.Generator().manual_seed(int(seed))
 
 
+def _sampling_grid(
+    n: int,
+    out_hw: tuple[int, int],
+    in_hw: tuple[int, int],
+    device: torch.device,
+    affine: torch.Tensor | None = None,
+    coarse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The grid_sample grid ``(n, h, w, 2)`` (float32, normalised, x first) of a warp.
+
+    The source pixel of output pixel ``(y, x)`` of sample ``k`` is
+    ``affine[k] @ (y, x, 1)`` (rows: source ``y``, source ``x``; identity when
+    ``None``) plus the bicubic upsampling of the coarse ``(dy, dx)`` field
+    ``coarse[k]`` (pixels, ``(n, 2, g, g)``; none when ``None``).
+
+    Everything that depends on the output row is folded into a small
+    ``(n, h, R)`` matrix and everything that depends on the column into an
+    ``(R, 2 w)`` matrix (``R = 4 + 2 g``), so the whole grid, already
+    normalised and interleaved, is one matrix product on the target device.
+    """
+    h, w = out_hw
+    height, width = in_hw
+    f64 = torch.float64
+    scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=f64)
+    if affine is None:
+        affine = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=f64).expand(n, 2, 3)
+    affine = affine.to(f64)[:, [1, 0]]  # grid channel order: x, then y
+    ys = torch.arange(h, dtype=f64)
+    xs = torch.arange(w, dtype=f64)
+    eye2 = torch.eye(2, dtype=f64)
+    # rows "one_c": constant and y-dependent part of channel c
+    t_one = (affine[:, None, :, 0] * ys[None, :, None] + affine[:, None, :, 2]) * scale - 1.0
+    k_one = eye2[:, None, :].expand(2, w, 2).reshape(2, 2 * w)
+    # rows "xlin_c": x-dependent part of channel c
+    t_xlin = (affine[:, :, 1] * scale)[:, None, :].expand(n, h, 2)
+    k_xlin = (xs[None, :, None] * eye2[:, None, :]).reshape(2, 2 * w)
+    t_parts, k_parts = [t_one, t_xlin], [k_one, k_xlin]
+    if coarse is not None:
+        g_y, g_x = coarse.shape[-2:]
+        wy = _cubic_matrix_cpu(g_y, h)
+        wx = _cubic_matrix_cpu(g_x, w)
+        c = coarse.to(device="cpu", dtype=f64)[:, [1, 0]] * scale.view(1, 2, 1, 1)
+        t_parts.append(torch.einsum("yi,ncij->nyjc", wy, c).reshape(n, h, 2 * g_x))
+        k_parts.append(torch.einsum("xj,cd->jcxd", wx, eye2).reshape(2 * g_x, 2 * w))
+    t = torch.cat(t_parts, dim=2).to(device=device, dtype=torch.float32)
+    k = torch.cat(k_parts, dim=0).to(device=device, dtype=torch.float32)
+    return torch.matmul(t, k).view(n, h, w, 2)
+
+
 def _reflect(coord: torch.Tensor, size: int) -> torch.Tensor:
     """Mirror pixel coordinates into ``[0, size - 1]`` (as grid_sample's reflection, align_corners=True)."""
     if size == 1:
@@ -103,29 +152,35 @@ def _reflect(coord: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(odd, span - extra, extra).clamp_(0.0, span)
 
 
-def _nearest_index(sy: torch.Tensor, sx: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Flat input index (N, h*w) of the nearest pixel to source coordinates (N, h, w)."""
+def _gather_nearest(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour resampling by an index gather; exact for any integer dtype."""
+    n, c, height, width = x.shape
+    h, w = grid.shape[1:3]
+    g = grid.to(torch.float64)
+    sx = (g[..., 0] + 1.0) * (0.5 * (width - 1))
+    sy = (g[..., 1] + 1.0) * (0.5 * (height - 1))
     iy = torch.round(_reflect(sy, height)).long()
     ix = torch.round(_reflect(sx, width)).long()
-    return (iy * width + ix).reshape(iy.shape[0], -1)
-
-
-def _gather(x: torch.Tensor, index: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resampling of ``x`` (N, C, H, W) at flat indices (N, h*w); exact for any dtype."""
-    n, c = x.shape[:2]
+    index = (iy * width + ix).reshape(n, 1, h * w).expand(n, c, h * w)
     view = _GATHER_VIEW.get(x.dtype)
     src = x.view(view) if view is not None else x
-    flat = src.reshape(n, c, -1)
-    out = torch.gather(flat, 2, index.unsqueeze(1).expand(n, c, index.shape[1]))
-    out = out.reshape(n, c, *out_hw)
+    out = torch.gather(src.reshape(n, c, -1), 2, index).reshape(n, c, h, w)
     return out.view(x.dtype) if view is not None else out
 
 
-def _normalised_grid(sy: torch.Tensor, sx: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """grid_sample grid (N, h, w, 2) (x first, align_corners=True) from pixel coordinates."""
-    gx = sx * (2.0 / max(width - 1, 1)) - 1.0
-    gy = sy * (2.0 / max(height - 1, 1)) - 1.0
-    return torch.stack((gx, gy), dim=-1)
+def _exact_float_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """A float dtype holding every value of the integer tensor ``x`` exactly (None: none does)."""
+    if x.dtype == torch.bool or x.element_size() <= 2:
+        return torch.float32
+    if x.numel() == 0:
+        return torch.float32
+    lo, hi = torch.aminmax(x)
+    big = max(abs(int(lo)), abs(int(hi)))
+    if big <= 2**24:
+        return torch.float32
+    if big <= 2**53:
+        return torch.float64
+    return None
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -143,27 +198,27 @@ def _round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
-def _resample(
-    x: torch.Tensor,
-    order: int,
-    sy: torch.Tensor,
-    sx: torch.Tensor,
-    index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Resample ``x`` (N, C, H, W) at pixel coordinates (N, h, w) with spline ``order``."""
-    height, width = x.shape[-2:]
-    out_hw = (sy.shape[-2], sy.shape[-1])
+def _warp(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+    """Resample ``x`` (N, C, H, W) along ``grid`` (N, h, w, 2) with spline ``order``; keep the dtype.
+
+    Nearest (``order=0``) on integer data samples an exact float copy (or
+    gathers indices when no float type holds the values), so the output
+    values are always input values.
+    """
+    if order == 0 and not x.dtype.is_floating_point:
+        fdtype = _exact_float_dtype(x)
+        if fdtype is None:
+            return _gather_nearest(x, grid)
+    else:
+        fdtype = _compute_dtype(x.dtype)
+    src = x if x.dtype == fdtype else x.to(fdtype)
+    g = grid if grid.dtype == fdtype else grid.to(fdtype)
+    out = F.grid_sample(src, g, mode=_MODES[order], padding_mode="reflection", align_corners=True)
+    if out.dtype == x.dtype:
+        return out
     if order == 0:
-        if index is None:
-            index = _nearest_index(sy, sx, height, width)
-        return _gather(x, index, out_hw)
-    cdtype = _compute_dtype(x.dtype)
-    grid = _normalised_grid(sy.to(cdtype), sx.to(cdtype), height, width)
-    src = x if x.dtype == cdtype else x.to(cdtype)
-    out = F.grid_sample(
-        src, grid, mode=_MODES[order], padding_mode="reflection", align_corners=True
-    )
-    return out if out.dtype == x.dtype else _round_to(out, x.dtype)
+        return out.to(x.dtype)
+    return _round_to(out, x.dtype)
 
 
 def _to_tensor(a: Any, name: str, device: torch.device | None) -> tuple[torch.Tensor, bool]:
@@ -363,20 +418,9 @@ def elastic_deform(
         out_img = img.clone()
         outs = [None if t is None else t[0].reshape(t[1]).clone() for t in tgts]
     else:
-        coarse = torch.randn((n, 2, grid, grid), generator=gen, device=gen.device)
-        coarse = (coarse * sigma).to(device)
-        field = _upsample_field(coarse, *hw)
-        ys = torch.arange(hw[0], device=device, dtype=torch.float32).view(1, -1, 1)
-        xs = torch.arange(hw[1], device=device, dtype=torch.float32).view(1, 1, -1)
-        sy = field[:, 0] + ys
-        sx = field[:, 1] + xs
-        index = None
-        needs_index = order == 0 or any(
-            t is not None and not t[0].dtype.is_floating_point for t in tgts
-        )
-        if needs_index:
-            index = _nearest_index(sy, sx, *hw)
-        out_img = _resample(img4, order, sy, sx, index).reshape(img.shape)
+        coarse = torch.randn((n, 2, grid, grid), generator=gen, device=gen.device) * sigma
+        sgrid = _sampling_grid(n, hw, hw, device, coarse=coarse)
+        out_img = _warp(img4, sgrid, order).reshape(img.shape)
         outs = []
         for t in tgts:
             if t is None:
@@ -384,7 +428,7 @@ def elastic_deform(
                 continue
             t4, shape, _ = t
             t_order = 1 if t4.dtype.is_floating_point else 0
-            outs.append(_resample(t4, t_order, sy, sx, index).reshape(shape))
+            outs.append(_warp(t4, sgrid, t_order).reshape(shape))
 
     result_img = _from_tensor(out_img, img_np)
     if not targets:
@@ -621,18 +665,13 @@ class Augmentation:
         if bool(warp.any()):
             idx = torch.nonzero(warp).flatten()
             idx_dev = idx.to(device)
-            sy, sx = self._source_coords(p, idx, h, w, device)
-            index = None
-            if self.order == 0 or any(
-                t is not None and not t[0].dtype.is_floating_point for t in tgts
-            ):
-                index = _nearest_index(sy, sx, height, width)
-            out_img[idx_dev] = _resample(image.index_select(0, idx_dev), self.order, sy, sx, index)
+            sgrid = self._grid(p, idx, (h, w), (height, width), device)
+            out_img[idx_dev] = _warp(image.index_select(0, idx_dev), sgrid, self.order)
             for t, o in zip(tgts, out_t):
                 if t is None or o is None:
                     continue
                 t_order = 1 if t[0].dtype.is_floating_point else 0
-                o[idx_dev] = _resample(t[0].index_select(0, idx_dev), t_order, sy, sx, index)
+                o[idx_dev] = _warp(t[0].index_select(0, idx_dev), sgrid, t_order)
 
         out_img = self._intensity(out_img, p, gen)
         if not targets:
@@ -688,45 +727,46 @@ class Augmentation:
             p["noise_seed"] = randint(2**62, 1)
         return p
 
-    def _source_coords(
-        self, p: dict[str, torch.Tensor], idx: torch.Tensor, h: int, w: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input pixel coordinates (m, h, w) of every output pixel of the warped samples ``idx``.
+    def _grid(
+        self,
+        p: dict[str, torch.Tensor],
+        idx: torch.Tensor,
+        out_hw: tuple[int, int],
+        in_hw: tuple[int, int],
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Sampling grid (m, h, w, 2) of the warped samples ``idx``.
 
-        ``src = c_in + R(angle) @ D @ (p - c_out) + d(p)`` with ``D`` the sample's
-        flip / rot90 (the same map as :func:`_dihedral`), ``c_out`` the output
-        centre, ``c_in`` the crop centre in the input and ``d`` the elastic field.
+        Source pixel ``src = c_in + R(angle) @ D @ (q - c_out) + d(q)`` of output
+        pixel ``q = (y, x)``, with ``D`` the sample's flip / rot90 (the same map as
+        :func:`_dihedral`), ``c_out`` the output centre, ``c_in`` the crop centre
+        in the input and ``d`` the elastic field.
         """
+        f64 = torch.float64
+        h, w = out_hw
         m = idx.numel()
-        # matrices act on (y, x) column vectors
-        mats = torch.empty((m, 2, 2), dtype=torch.float64)
+        flip_y = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=f64)
+        flip_x = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=f64)
+        rot = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=f64)  # torch.rot90(k=1), on (y, x)
+        affine = torch.empty((m, 2, 3), dtype=f64)
+        c_out = torch.tensor([(h - 1) / 2.0, (w - 1) / 2.0], dtype=f64)
         for j, i in enumerate(idx.tolist()):
-            d = torch.eye(2, dtype=torch.float64)
+            d = torch.eye(2, dtype=f64)
             if bool(p["flip_y"][i]):
-                d = d @ torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+                d = d @ flip_y
             if bool(p["flip_x"][i]):
-                d = d @ torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
-            rot = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+                d = d @ flip_x
             d = d @ torch.linalg.matrix_power(rot, int(p["k"][i]))
-            a = float(p["angle"][i])
-            ca, sa = math.cos(a), math.sin(a)
-            mats[j] = torch.tensor([[ca, -sa], [sa, ca]], dtype=torch.float64) @ d
-        centre = torch.tensor([(h - 1) / 2.0, (w - 1) / 2.0], dtype=torch.float64)
-        c_in = p["offset"][idx].to(torch.float64) + centre  # (m, 2)
-        mats = mats.to(device=device, dtype=torch.float32)
-        c_in = c_in.to(device=device, dtype=torch.float32)
-        ys = (torch.arange(h, device=device, dtype=torch.float32) - (h - 1) / 2.0).view(1, -1, 1)
-        xs = (torch.arange(w, device=device, dtype=torch.float32) - (w - 1) / 2.0).view(1, 1, -1)
-        a = mats.view(m, 2, 2, 1, 1)
-        sy = c_in[:, 0].view(m, 1, 1) + a[:, 0, 0] * ys + a[:, 0, 1] * xs
-        sx = c_in[:, 1].view(m, 1, 1) + a[:, 1, 0] * ys + a[:, 1, 1] * xs
-        if "coarse" in p:
-            elastic = p["elastic"][idx]
-            if bool(elastic.any()):
-                field = _upsample_field(p["coarse"][idx].to(device), h, w)
-                sy = sy + field[:, 0]
-                sx = sx + field[:, 1]
-        return sy, sx
+            ang = float(p["angle"][i])
+            ca, sa = math.cos(ang), math.sin(ang)
+            mat = torch.tensor([[ca, -sa], [sa, ca]], dtype=f64) @ d
+            c_in = p["offset"][i].to(f64) + c_out
+            affine[j, :, :2] = mat
+            affine[j, :, 2] = c_in - mat @ c_out
+        coarse = None
+        if "coarse" in p and bool(p["elastic"][idx].any()):
+            coarse = p["coarse"][idx]
+        return _sampling_grid(m, out_hw, in_hw, device, affine=affine, coarse=coarse)
 
     def _intensity(
         self, x: torch.Tensor, p: dict[str, torch.Tensor], gen: torch.Generator

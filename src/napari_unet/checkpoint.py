@@ -24,6 +24,7 @@ from __future__ import annotations
 import numbers
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,10 @@ def load_checkpoint(
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a napari-unet checkpoint file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # foreign pickles trigger a "Detected pickle protocol" warning before failing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

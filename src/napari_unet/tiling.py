@@ -149,7 +149,7 @@ _REQUIRED_ATTRIBUTES = (
 )
 
 
-class PredictionCancelled(Exception):  # noqa: N818 - the name says what happened
+class PredictionCancelled(Exception):
     """Raised by :func:`predict_tiled` when the ``progress`` callback returns ``False``.
 
     Attributes
@@ -186,8 +186,7 @@ def _check_model(model: Any) -> None:
     missing = [name for name in _REQUIRED_ATTRIBUTES if not hasattr(model, name)]
     if missing:
         raise TypeError(
-            f"model must be a napari_unet UNet; {type(model).__name__} lacks "
-            f"{', '.join(missing)}"
+            f"model must be a napari_unet UNet; {type(model).__name__} lacks {', '.join(missing)}"
         )
     if model.padding not in ("valid", "same"):
         raise ValueError(f"model.padding must be 'valid' or 'same', got {model.padding!r}")
@@ -261,7 +260,9 @@ def _check_normalization(normalization: Any) -> tuple[float, float] | None:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"normalization mean/std must be numbers: {normalization!r}") from exc
     if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
-        raise ValueError(f"normalization needs a finite mean and a finite std > 0, got {mean}, {std}")
+        raise ValueError(
+            f"normalization needs a finite mean and a finite std > 0, got {mean}, {std}"
+        )
     return mean, std
 
 
@@ -529,9 +530,7 @@ def plan_tiles(
     ov = _resolve_overlap(model, overlap)
     if model.padding == "valid":
         return TilePlan(_plan_axis_valid(model, height, ty), _plan_axis_valid(model, width, tx))
-    return TilePlan(
-        _plan_axis_same(model, height, ty, ov), _plan_axis_same(model, width, tx, ov)
-    )
+    return TilePlan(_plan_axis_same(model, height, ty, ov), _plan_axis_same(model, width, tx, ov))
 
 
 def estimate_tile_bytes(
@@ -651,13 +650,17 @@ def _dihedral_inverse(x: np.ndarray, k: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 def _all_params_on(model: nn.Module, device: torch.device) -> bool:
     tensors = list(model.parameters()) + list(model.buffers())
-    return all(t.device.type == device.type and
-               (device.index is None or t.device.index == device.index) for t in tensors)
+    return all(
+        t.device.type == device.type and (device.index is None or t.device.index == device.index)
+        for t in tensors
+    )
 
 
 def _is_channels_last(model: nn.Module) -> bool:
     return all(
-        p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4
+        p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+        if p.ndim == 4
     )
 
 
@@ -691,8 +694,8 @@ def _inference_model(model: nn.Module, device: torch.device) -> Iterator[nn.Modu
 # ---------------------------------------------------------------------------
 # the engine
 # ---------------------------------------------------------------------------
-class _ShrinkTiles(Exception):  # noqa: N818 - internal control flow
-    pass
+class _ShrinkTiles(Exception):
+    """Raised inside the engine when a batch of one tile ran out of CUDA memory."""
 
 
 def _oom_error_types() -> tuple[type[BaseException], ...]:
@@ -700,14 +703,20 @@ def _oom_error_types() -> tuple[type[BaseException], ...]:
     return (err,) if err is not None else ()
 
 
+_Item = tuple["_SubSlice", tuple[Any, ...]]
+
+
 class _SliceState:
-    __slots__ = ("acc", "labels", "remaining", "z")
+    """Accumulators of one Z-slice while its tiles are computed."""
+
+    __slots__ = ("acc", "labels", "n_tiles", "remaining", "z")
 
     def __init__(self, z: int) -> None:
         self.z = z
         self.acc: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self.remaining = 0
+        self.n_tiles = 0
 
 
 class _SubSlice:
@@ -715,16 +724,20 @@ class _SubSlice:
 
     __slots__ = ("buffer", "plan", "remaining", "slice", "tensor", "transform")
 
-    def __init__(self, state: _SliceState, transform: int, plan: TilePlan, tensor: torch.Tensor):
+    def __init__(
+        self, state: _SliceState, transform: int, plan: TilePlan, tensor: torch.Tensor
+    ) -> None:
         self.slice = state
         self.transform = transform
         self.plan = plan
-        self.tensor = tensor
+        self.tensor: torch.Tensor | None = tensor
         self.remaining = plan.n_tiles
         self.buffer: np.ndarray | None = None
 
 
 class _Engine:
+    """Streams the tiles of consecutive slices through the network in batches."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -760,45 +773,45 @@ class _Engine:
         self.n_classes = int(model.n_classes)
         self.label_dtype = np.dtype(out.dtype)
         self.device_label_dtype = torch.uint8 if self.n_classes <= 255 else torch.int32
-
         self.autocast_dtype: torch.dtype | None = None
         if amp and device.type == "cuda":
             self.autocast_dtype = (
                 torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             )
+
+        self._plans: dict[tuple[tuple[int, int], tuple[int, int]], TilePlan] = {}
         if tile_size is None:
             tile, batch = default_tile_and_batch(model, device, self.hw, amp, overlap)
             self.tile = (tile, tile)
-            self.batch = batch if batch_size is None else batch_size
         else:
             self.tile = tile_size
-            if batch_size is None:
-                _, batch = default_tile_and_batch(model, device, None, amp, overlap)
-                plan = self.plan_for(self.hw)
-                per_tile = estimate_tile_bytes(model, plan.tile, _amp_bytes(device, amp))
-                budget = (
-                    int((free_memory_bytes(device) or 0) * CUDA_MEMORY_FRACTION)
-                    if device.type == "cuda"
-                    else _cpu_budget()
-                )
-                cap = CUDA_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH
-                batch = int(max(1, min(cap, budget // max(per_tile, 1))))
-            self.batch = batch if batch_size is None else batch_size
-        self._plans: dict[tuple[int, int], TilePlan] = {}
-        self.done_slices = 0
-        self.done_tiles = 0
+            plan_tile = self.plan_for(self.hw).tile
+            per_tile = estimate_tile_bytes(model, plan_tile, _amp_bytes(device, amp))
+            if device.type == "cuda":
+                budget = int((free_memory_bytes(device) or 0) * CUDA_MEMORY_FRACTION)
+                cap = CUDA_MAX_BATCH
+            else:
+                budget, cap = _cpu_budget(), CPU_MAX_BATCH
+            batch = int(max(1, min(cap, budget // max(per_tile, 1))))
+        self.batch = batch if batch_size is None else batch_size
+
+        self.done_slices = 0  # slices finished (handed to the writer)
+        self.done_tiles = 0  # tiles computed, for progress
+        self.finished_tiles = 0  # tiles of finished slices
         self.total_tiles = 0
+        self._prefetch: Future | None = None
+        self._writes: list[Future] = []
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-write")
-        self._writes: list[tuple[int, Future]] = []
 
     # -- geometry --------------------------------------------------------
-    def plan_for(self, hw: tuple[int, int]) -> TilePlan:
-        plan = getattr(self, "_plans", {}).get(hw)
+    def plan_for(self, hw: tuple[int, int], tile: tuple[int, int] | None = None) -> TilePlan:
+        tile = self.tile if tile is None else tile
+        key = (hw, tile)
+        plan = self._plans.get(key)
         if plan is None:
-            plan = plan_tiles(self.model, hw, self.tile, overlap=self.overlap)
-            if hasattr(self, "_plans"):
-                self._plans[hw] = plan
+            plan = plan_tiles(self.model, hw, tile, overlap=self.overlap)
+            self._plans[key] = plan
         return plan
 
     def tiles_per_slice(self) -> int:
@@ -809,29 +822,30 @@ class _Engine:
         return total
 
     # -- I/O (background threads) ------------------------------------------
-    def _load(self, z: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, z: int, tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, TilePlan]:
+        """Read, normalise and mirror-pad slice ``z`` (runs in the reader thread)."""
         raw = _read_slice(self.image, z, self.is_2d)
         if raw.shape != self.hw:
             raise ValueError(f"slice {z} has shape {raw.shape}, expected {self.hw}")
         data = raw.astype(np.float32, copy=True)
         data -= np.float32(self.mean)
         data /= np.float32(self.std)
-        padded = _pad_slice(data, self.plan_for(self.hw))
+        plan = self.plan_for(self.hw, tile)
+        padded = _pad_slice(data, plan)
         if self.device.type == "cuda":
-            host = torch.from_numpy(padded).pin_memory()
-            padded = host.numpy()
-        return data, padded
+            padded = torch.from_numpy(padded).pin_memory().numpy()
+        return data, padded, plan
 
     def _finish_and_write(self, state: _SliceState) -> None:
+        """Labels (and probabilities) of a finished slice into the outputs (writer thread)."""
+        probs = None
         if self.need_probs:
             probs = state.acc
             if len(self.transforms) > 1:
                 probs /= np.float32(len(self.transforms))
-            labels = np.argmax(probs, axis=0)
-            labels = labels.astype(self.label_dtype, copy=False)
+            labels = np.argmax(probs, axis=0).astype(self.label_dtype, copy=False)
             labels += 1
         else:
-            probs = None
             labels = state.labels
         if self.is_2d:
             self.out[...] = labels
@@ -845,18 +859,24 @@ class _Engine:
                 self.probs_out[:, state.z] = values
 
     def _submit_write(self, state: _SliceState) -> None:
-        while len(self._writes) >= 2:
-            self._writes.pop(0)[1].result()
-        self._writes.append((state.z, self._writer.submit(self._finish_and_write, state)))
+        while len(self._writes) >= 2:  # bounded: at most two finished slices in flight
+            self._writes.pop(0).result()
+        self._writes.append(self._writer.submit(self._finish_and_write, state))
 
     def _drain_writes(self, raise_errors: bool = True) -> None:
         while self._writes:
-            _, fut = self._writes.pop(0)
+            fut = self._writes.pop(0)
             try:
                 fut.result()
             except BaseException:
                 if raise_errors:
                     raise
+
+    def _wait_prefetch(self) -> None:
+        fut, self._prefetch = self._prefetch, None
+        if fut is not None:
+            with contextlib.suppress(BaseException):
+                fut.result()
 
     # -- tiles -------------------------------------------------------------
     def _to_device(self, padded: np.ndarray) -> torch.Tensor:
@@ -865,44 +885,44 @@ class _Engine:
             return tensor
         return tensor.to(self.device, non_blocking=True)
 
-    def _stream(self, z0: int) -> Iterator[tuple[_SubSlice, int, tuple[Any, ...]]]:
-        future: Future | None = None
+    def _stream(self, z0: int) -> Iterator[_Item]:
+        """Yield ``(sub_slice, tile)`` for every tile of slices ``z0, z0 + 1, ...``."""
         if z0 < self.n_slices:
-            future = self._reader.submit(self._load, z0)
+            self._prefetch = self._reader.submit(self._load, z0, self.tile)
         for z in range(z0, self.n_slices):
-            assert future is not None  # noqa: S101 - internal invariant (always set above)
-            data, padded0 = future.result()
-            future = self._reader.submit(self._load, z + 1) if z + 1 < self.n_slices else None
+            fut, self._prefetch = self._prefetch, None
+            data, padded0, plan0 = fut.result()  # type: ignore[union-attr]
+            if z + 1 < self.n_slices:
+                self._prefetch = self._reader.submit(self._load, z + 1, self.tile)
             state = _SliceState(z)
             if self.need_probs:
                 state.acc = np.zeros((self.n_classes, *self.hw), np.float32)
             else:
                 state.labels = np.zeros(self.hw, self.label_dtype)
             state.remaining = len(self.transforms)
+            state.n_tiles = self.tiles_per_slice()
             for k in self.transforms:
-                if k == 0:
-                    padded = padded0
-                    plan = self.plan_for(self.hw)
+                if k == 0 and plan0.tile == self.plan_for(self.hw).tile:
+                    padded, plan = padded0, plan0
                 else:
                     view = _dihedral(data, k)
                     plan = self.plan_for((view.shape[0], view.shape[1]))
                     padded = _pad_slice(view, plan)
                 sub = _SubSlice(state, k, plan, self._to_device(padded))
-                if self.need_probs:
-                    if len(self.transforms) == 1:
-                        sub.buffer = state.acc
-                    else:
-                        sub.buffer = np.empty((self.n_classes, *plan.shape), np.float32)
-                else:
+                if not self.need_probs:
                     sub.buffer = state.labels
-                for tile in plan.tiles():
-                    yield sub, k, tile
+                elif len(self.transforms) == 1:
+                    sub.buffer = state.acc
+                else:
+                    sub.buffer = np.empty((self.n_classes, *plan.shape), np.float32)
                 del padded
+                for tile in plan.tiles():
+                    yield sub, tile
             del data, padded0
 
-    def _forward(self, items: list[tuple[_SubSlice, int, tuple[Any, ...]]]) -> np.ndarray:
+    def _forward(self, items: list[_Item]) -> np.ndarray:
         ty, tx = items[0][0].plan.tile
-        crops = [sub.tensor[y0 : y0 + ty, x0 : x0 + tx] for sub, _, (y0, x0, _, _) in items]
+        crops = [sub.tensor[y0 : y0 + ty, x0 : x0 + tx] for sub, (y0, x0, _, _) in items]  # type: ignore[index]
         batch = torch.stack(crops).unsqueeze(1)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -917,15 +937,14 @@ class _Engine:
             result = (torch.argmax(logits, dim=1) + 1).to(self.device_label_dtype)
         return result.cpu().numpy()
 
-    def _scatter(self, items: list[tuple[_SubSlice, int, tuple[Any, ...]]], result: np.ndarray):
-        for (sub, _, (_, _, ky, kx)), tile_out in zip(items, result):
+    def _scatter(self, items: list[_Item], result: np.ndarray) -> None:
+        for (sub, (_, _, ky, kx)), tile_out in zip(items, result):
             sy0, sy1, dy0, dy1 = ky
             sx0, sx1, dx0, dx1 = kx
-            buf = sub.buffer
             if self.need_probs:
-                buf[:, dy0:dy1, dx0:dx1] = tile_out[:, sy0:sy1, sx0:sx1]
+                sub.buffer[:, dy0:dy1, dx0:dx1] = tile_out[:, sy0:sy1, sx0:sx1]  # type: ignore[index]
             else:
-                buf[dy0:dy1, dx0:dx1] = tile_out[sy0:sy1, sx0:sx1]
+                sub.buffer[dy0:dy1, dx0:dx1] = tile_out[sy0:sy1, sx0:sx1]  # type: ignore[index]
             sub.remaining -= 1
             if sub.remaining == 0:
                 self._sub_done(sub)
@@ -933,35 +952,36 @@ class _Engine:
     def _sub_done(self, sub: _SubSlice) -> None:
         state = sub.slice
         if self.need_probs and len(self.transforms) > 1:
-            state.acc += _dihedral_inverse(sub.buffer, sub.transform)
+            state.acc += _dihedral_inverse(sub.buffer, sub.transform)  # type: ignore[operator]
         sub.buffer = None
-        sub.tensor = None  # type: ignore[assignment]
+        sub.tensor = None
         state.remaining -= 1
         if state.remaining == 0:
             self._submit_write(state)
             self.done_slices += 1
+            self.finished_tiles += state.n_tiles
 
-    def _run_batch(self, items: list[tuple[_SubSlice, int, tuple[Any, ...]]]) -> None:
+    def _run_batch(self, items: list[_Item]) -> None:
         oom = _oom_error_types()
         i = 0
         while i < len(items):
             chunk = items[i : i + self.batch]
             try:
                 result = self._forward(chunk)
-            except oom:
+            except oom as exc:
                 torch.cuda.empty_cache()
                 if self.batch > 1:
                     self.batch = max(1, min(self.batch, len(chunk)) // 2)
                     warnings.warn(
                         f"CUDA out of memory: batch size reduced to {self.batch}",
                         TilingWarning,
-                        stacklevel=4,
+                        stacklevel=2,
                     )
                     continue
-                raise _ShrinkTiles() from None
+                raise _ShrinkTiles(exc) from None
             self._scatter(chunk, result)
             i += len(chunk)
-        self.done_tiles += len(items)
+            self.done_tiles += len(chunk)
 
     def _report(self) -> None:
         if self.progress is None:
@@ -971,19 +991,44 @@ class _Engine:
             raise PredictionCancelled(self.done_slices, self.n_slices)
 
     def _run_from(self, z0: int) -> None:
-        pending: list[tuple[_SubSlice, int, tuple[Any, ...]]] = []
-        for item in self._stream(z0):
-            if pending and (len(pending) >= self.batch or item[0].plan.tile != pending[0][0].plan.tile):
+        pending: list[_Item] = []
+        stream = self._stream(z0)
+        try:
+            for item in stream:
+                if pending and (
+                    len(pending) >= self.batch or item[0].plan.tile != pending[0][0].plan.tile
+                ):
+                    self._run_batch(pending)
+                    pending = []
+                    self._report()
+                pending.append(item)
+            if pending:
                 self._run_batch(pending)
-                pending = []
                 self._report()
-            pending.append(item)
-        if pending:
-            self._run_batch(pending)
-            self._report()
+        finally:
+            stream.close()
+
+    def _shrink(self, exc: BaseException) -> None:
+        """After an OOM with one tile per batch: halve the tile, restart unfinished slices."""
+        self._wait_prefetch()
+        self._drain_writes()
+        ov = _resolve_overlap(self.model, self.overlap)
+        smallest = _round_tile(self.model, 1, ov)
+        current = self.plan_for(self.hw).tile
+        if max(current) <= smallest:
+            raise exc
+        self.tile = (max(smallest, current[0] // 2), max(smallest, current[1] // 2))
+        warnings.warn(
+            f"CUDA out of memory with batch size 1: tile reduced to {self.tile}",
+            TilingWarning,
+            stacklevel=3,
+        )
+        self.done_tiles = self.finished_tiles
+        self.total_tiles = self.finished_tiles + (self.n_slices - self.done_slices) * (
+            self.tiles_per_slice()
+        )
 
     def run(self) -> None:
-        oom = _oom_error_types()
         cudnn_benchmark = torch.backends.cudnn.benchmark
         try:
             if self.device.type == "cuda":
@@ -992,39 +1037,16 @@ class _Engine:
             self._report()
             with torch.inference_mode():
                 while True:
-                    completed_tiles = self.done_tiles
                     try:
                         self._run_from(self.done_slices)
                         break
-                    except _ShrinkTiles:
-                        self._drain_writes()
-                        ty, tx = self.tile
-                        ov = _resolve_overlap(self.model, self.overlap)
-                        smallest = _round_tile(self.model, 1, ov)
-                        if max(ty, tx) <= smallest:
-                            raise oom[0](  # type: ignore[misc]
-                                "CUDA out of memory even with batch size 1 and the smallest tile"
-                            ) from None
-                        current = self.plan_for(self.hw).tile
-                        self.tile = (
-                            max(smallest, min(ty, current[0]) // 2),
-                            max(smallest, min(tx, current[1]) // 2),
-                        )
-                        self._plans.clear()
-                        warnings.warn(
-                            f"CUDA out of memory with batch size 1: tile reduced to {self.tile}",
-                            TilingWarning,
-                            stacklevel=3,
-                        )
-                        # tiles of the slices finished so far stay counted
-                        done_slices = self.done_slices
-                        per_slice = self.tiles_per_slice()
-                        self.done_tiles = min(completed_tiles, self.done_tiles)
-                        self.total_tiles = self.done_tiles + (self.n_slices - done_slices) * per_slice
+                    except _ShrinkTiles as shrink:
+                        self._shrink(shrink.args[0])
             self._drain_writes()
         finally:
             torch.backends.cudnn.benchmark = cudnn_benchmark
             self._drain_writes(raise_errors=False)
+            self._wait_prefetch()
             self._reader.shutdown(wait=True, cancel_futures=True)
             self._writer.shutdown(wait=True)
 
