@@ -666,12 +666,19 @@ class Augmentation:
             idx = torch.nonzero(warp).flatten()
             idx_dev = idx.to(device)
             sgrid = self._grid(p, idx, (h, w), (height, width), device)
-            out_img[idx_dev] = _warp(image.index_select(0, idx_dev), sgrid, self.order)
-            for t, o in zip(tgts, out_t):
-                if t is None or o is None:
-                    continue
-                t_order = 1 if t[0].dtype.is_floating_point else 0
-                o[idx_dev] = _warp(t[0].index_select(0, idx_dev), sgrid, t_order)
+            every = idx.numel() == n  # no copies of the inputs when all samples warp
+
+            def warp_into(out: torch.Tensor, x: torch.Tensor, order: int) -> torch.Tensor:
+                if every:
+                    return _warp(x, sgrid, order)
+                out[idx_dev] = _warp(x.index_select(0, idx_dev), sgrid, order)
+                return out
+
+            out_img = warp_into(out_img, image, self.order)
+            for j, t in enumerate(tgts):
+                o = out_t[j]
+                if t is not None and o is not None:
+                    out_t[j] = warp_into(o, t[0], 1 if t[0].dtype.is_floating_point else 0)
 
         out_img = self._intensity(out_img, p, gen)
         if not targets:

@@ -274,7 +274,7 @@ def read_tiff(
     keep_open = False
     try:
         if not tif.series:
-            raise InvalidImageError(f"{path}: the TIFF file holds no image data")
+            raise InvalidImageError(f"{path}: corrupt TIFF file: it holds no readable image data")
         series = tif.series[0]
         shape, axes, _ = _squeeze_axes(series.shape, series.axes)
         dtype = np.dtype(series.dtype)

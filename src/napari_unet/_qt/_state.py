@@ -64,6 +64,7 @@ class UNetState(QObject):
     augmentation_changed = Signal()
     model_changed = Signal()
     prediction_changed = Signal(object)
+    weights_changed = Signal()
     #: emitted once, synchronously, when the viewer closes: stop your workers now
     shutting_down = Signal()
 
@@ -77,6 +78,16 @@ class UNetState(QObject):
         self.class_names: list[str] = list(CLASS_NAMES)
         self.class_colors: list[str] = default_colors(len(self.class_names))
         self.augmentation: Augmentation = Augmentation()
+        #: border weight map settings shared by the weight-map preview and Train
+        #: (TrainConfig's w0, sigma, class_weights, object_class; None = last class)
+        self.weight_settings: dict[str, Any] = {
+            "w0": 10.0,
+            "sigma": 5.0,
+            "class_weights": "balanced",
+            "object_class": None,
+        }
+        #: full (K, Z, H, W) softmax of the last prediction (numpy or zarr), if kept
+        self.probabilities: Any = None
         self.model: Any = None
         self.metadata: dict[str, Any] = {}
         self.checkpoint_path: str | None = None
@@ -122,6 +133,13 @@ class UNetState(QObject):
         aug.validate()
         self.augmentation = aug
         self.augmentation_changed.emit()
+
+    def set_weight_settings(self, **settings: Any) -> None:
+        unknown = set(settings) - set(self.weight_settings)
+        if unknown:
+            raise ValueError(f"unknown weight map settings: {sorted(unknown)}")
+        self.weight_settings.update(settings)
+        self.weights_changed.emit()
 
     def set_model(self, model: Any, metadata: dict[str, Any], checkpoint: str | None = None) -> None:
         self.model = model

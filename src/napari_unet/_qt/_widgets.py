@@ -114,7 +114,7 @@ class UNetWidget(QWidget):
         self.state: UNetState = get_state(napari_viewer)
         if self.key:
             self.state.widgets[self.key] = self
-        self._job: Job | None = None
+        self._jobs: dict[str, Job] = {}
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -122,11 +122,10 @@ class UNetWidget(QWidget):
         self.setLayout(QVBoxLayout())
         self.layout().setContentsMargins(6, 6, 6, 6)
         self.state.shutting_down.connect(self._on_shutdown)
-        # closing the dock alone (not the viewer) also stops the job; the lambda
-        # holds the job list, not self (which is being destroyed)
-        holder: list[Job | None] = [None]
-        self._job_holder = holder
-        self.destroyed.connect(lambda *_: _shutdown_holder(holder))
+        # closing the dock alone (not the viewer) also stops the jobs; the lambda
+        # holds the job dict, not self (which is being destroyed)
+        jobs = self._jobs
+        self.destroyed.connect(lambda *_: _shutdown_jobs(jobs))
 
     # -- layout helpers --------------------------------------------------------------------
     def add_form(self) -> QFormLayout:
@@ -153,29 +152,35 @@ class UNetWidget(QWidget):
             self.status.setText(message)
             self.status.setStyleSheet("")
 
-    # -- job -------------------------------------------------------------------------------
-    def set_job(self, job: Job | None) -> None:
-        self._job = job
-        self._job_holder[0] = job
+    # -- jobs ------------------------------------------------------------------------------
+    def start_job(self, name: str, job: Job) -> Job:
+        """Remember ``job`` under ``name`` and start it."""
+        self._jobs[name] = job
+        return job.start()
 
-    @property
-    def busy(self) -> bool:
-        return self._job is not None and self._job.running
+    def job(self, name: str = "main") -> Job | None:
+        return self._jobs.get(name)
+
+    def busy(self, name: str = "main") -> bool:
+        job = self._jobs.get(name)
+        return job is not None and job.running
 
     def _on_shutdown(self) -> None:
-        job = self._job
-        if job is not None:
-            job.shutdown()
+        self.before_shutdown()
+        _shutdown_jobs(self._jobs)
+
+    def before_shutdown(self) -> None:
+        """Hook run on the GUI thread when the viewer closes, before the jobs stop."""
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until the current job has finished (for scripts)."""
-        return self._job is None or self._job.wait(timeout)
+        """Block until every job has finished (for scripts and tests)."""
+        return all(job.wait(timeout) for job in list(self._jobs.values()))
 
 
-def _shutdown_holder(holder: list[Job | None]) -> None:
-    job = holder[0]
-    if job is not None and job.running:
-        job.shutdown(timeout=5.0)
+def _shutdown_jobs(jobs: dict[str, Job]) -> None:
+    for job in list(jobs.values()):
+        if job.running:
+            job.shutdown()
 
 
 class CurvePlot(QWidget):
