@@ -23,9 +23,13 @@ Conventions
   about the first / last pixel centre (``padding_mode="reflection"``,
   ``align_corners=True``), like ``scipy.ndimage``'s ``mode="mirror"``.
 * Integer targets (labels, with ``0`` = unlabelled) are resampled by nearest
-  neighbour through an exact index gather, so their values are always a
-  subset of the input values, whatever the dtype; floating targets (weight
-  maps) are resampled bilinearly.
+  neighbour on an exact float copy (float32 up to 2**24, float64 up to 2**53)
+  or, beyond that and for uint16/32/64, by an index gather, so their values
+  are always a subset of the input values; floating targets (weight maps) are
+  resampled bilinearly.
+* Randomness comes from a ``torch.Generator``; the random parameters are drawn
+  on the generator's device (normally the CPU) and then moved, so a seeded
+  CPU generator gives the same augmentation on every device.
 """
 
 from __future__ import annotations
@@ -170,6 +174,8 @@ def _gather_nearest(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def _exact_float_dtype(x: torch.Tensor) -> torch.dtype | None:
     """A float dtype holding every value of the integer tensor ``x`` exactly (None: none does)."""
+    if x.dtype in _GATHER_VIEW:  # few kernels for these: always the exact index gather
+        return None
     if x.dtype == torch.bool or x.element_size() <= 2:
         return torch.float32
     if x.numel() == 0:
@@ -236,8 +242,11 @@ def _to_tensor(a: Any, name: str, device: torch.device | None) -> tuple[torch.Te
     raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(a).__name__}")
 
 
-def _from_tensor(t: torch.Tensor, was_numpy: bool) -> Array:
-    return t.detach().cpu().numpy() if was_numpy else t
+def _from_tensor(t: torch.Tensor, like: Any) -> Array:
+    """``t`` as the kind of ``like``: a numpy array, or a tensor on ``like``'s device."""
+    if isinstance(like, np.ndarray):
+        return t.detach().cpu().numpy()
+    return t.to(like.device)
 
 
 def _check_float(value: Any, name: str, low: float = 0.0, high: float = math.inf) -> float:
@@ -300,7 +309,8 @@ def random_displacement(
         channel 1 = ``dx``; bicubic interpolation of the control points (exactly
         the values of ``F.interpolate(coarse, (H, W), mode="bicubic",
         align_corners=True)``), so the field equals the drawn vectors at the
-        control points.
+        control points.  With the default float32 ``dtype``, a generator in the
+        same state gives the field :func:`elastic_deform` uses.
     """
     if len(shape) != 2:
         raise ValueError(f"shape must be (H, W), got {tuple(shape)}")
@@ -389,7 +399,7 @@ def elastic_deform(
     sigma = _check_float(sigma, "sigma")
     gen = _resolve_generator(seed, generator)
 
-    img, img_np = _to_tensor(image, "image", None)
+    img, _ = _to_tensor(image, "image", None)
     if img.ndim == 2:
         img4 = img[None, None]
     elif img.ndim == 4:
@@ -405,14 +415,14 @@ def elastic_deform(
     hw = (img4.shape[-2], img4.shape[-1])
     device = img4.device
 
-    tgts: list[tuple[torch.Tensor, tuple[int, ...], bool] | None] = []
+    tgts: list[tuple[torch.Tensor, tuple[int, ...], Any] | None] = []
     for i, t in enumerate(targets):
         if t is None:
             tgts.append(None)
             continue
-        tt, t_np = _to_tensor(t, f"target {i}", device)
+        tt, _ = _to_tensor(t, f"target {i}", device)
         t4, shape = _as_nchw(tt, img.ndim, f"target {i}", hw, n)
-        tgts.append((t4, shape, t_np))
+        tgts.append((t4, shape, t))
 
     if sigma == 0.0 or img4.numel() == 0:
         out_img = img.clone()
@@ -430,7 +440,7 @@ def elastic_deform(
             t_order = 1 if t4.dtype.is_floating_point else 0
             outs.append(_warp(t4, sgrid, t_order).reshape(shape))
 
-    result_img = _from_tensor(out_img, img_np)
+    result_img = _from_tensor(out_img, image)
     if not targets:
         return result_img
     results: list[Array | None] = [result_img]
@@ -516,6 +526,17 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         self.validate()
+        # normalise the types (e.g. ints read back from JSON for float settings)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if f.name in ("elastic", "flip", "rot90"):
+                setattr(self, f.name, bool(v))
+            elif f.name in ("elastic_grid", "crop_size", "order"):
+                setattr(self, f.name, int(v))
+            else:
+                setattr(self, f.name, float(v))
 
     # -- settings ----------------------------------------------------------------
 
@@ -535,7 +556,11 @@ class Augmentation:
             raise ValueError(f"contrast must be < 1 (factor 1 +- contrast), got {contrast}")
         if self.crop_size is not None:
             _check_int(self.crop_size, "crop_size", 2)
-        if isinstance(self.order, bool) or self.order not in _MODES:
+        if (
+            not isinstance(self.order, int | np.integer)
+            or isinstance(self.order, bool)
+            or (self.order not in _MODES)
+        ):
             raise ValueError(f"order must be 0, 1 or 3, got {self.order!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -327,8 +327,10 @@ def read_tiff(
                     f"{path}: could not read the pixel data, the file is truncated or corrupt ({exc})"
                 ) from exc
         if as_labels is None:
-            first = np.asarray(data[shape[0] // 2] if len(shape) == 3 else data)
-            is_labels = _looks_like_labels(first)
+            # guess from a crop of the middle slice: cheap even for huge pages
+            crop = (slice(0, 1024), slice(0, 1024))
+            sample = data[(shape[0] // 2, *crop)] if len(shape) == 3 else data[crop]
+            is_labels = _looks_like_labels(np.asarray(sample))
         else:
             is_labels = bool(as_labels)
         if is_labels and dtype.kind == "f":

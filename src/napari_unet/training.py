@@ -229,7 +229,8 @@ class TrainConfig:
         ``"cosine"`` decays from ``learning_rate`` to 5 % of it over the run (the
         progress is the larger of the iteration and the elapsed-time fractions).
     warmup_iterations : int, default 20
-        Linear learning-rate warm-up at the start of the run.
+        Linear learning-rate warm-up at the start of the run (at most 10 % of
+        ``iterations``); the schedule starts after it.
     grad_clip : float or None, default 5.0
         Clip the global gradient norm to this value (``None`` disables).
     augmentation : Augmentation
@@ -1288,23 +1289,30 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=dtype)
 
+    def _warmup(self) -> int:
+        cfg = self.config
+        warmup = cfg.warmup_iterations
+        if cfg.iterations is not None:
+            warmup = min(warmup, cfg.iterations // 10)
+        return warmup
+
     def _lr_at(self, iteration: int, elapsed_s: float) -> float:
+        """Learning rate of step ``iteration`` (0-based): linear warm-up, then the schedule."""
         cfg = self.config
         base = float(cfg.learning_rate)
+        warmup = self._warmup()
+        if iteration < warmup:
+            return base * (iteration + 1) / (warmup + 1)
+        if cfg.lr_schedule == "constant":
+            return base
         fractions = []
         if cfg.iterations is not None:
-            fractions.append(iteration / cfg.iterations)
+            fractions.append((iteration - warmup) / max(1, cfg.iterations - warmup))
         if cfg.max_minutes is not None:
             fractions.append(elapsed_s / (60.0 * cfg.max_minutes))
-        progress = min(1.0, max(fractions)) if fractions else 0.0
-        if cfg.lr_schedule == "cosine":
-            lo = FINAL_LR_FRACTION * base
-            lr = lo + 0.5 * (base - lo) * (1.0 + math.cos(math.pi * progress))
-        else:
-            lr = base
-        if cfg.warmup_iterations and iteration < cfg.warmup_iterations:
-            lr *= (iteration + 1) / (cfg.warmup_iterations + 1)
-        return lr
+        progress = min(1.0, max(fractions))
+        lo = FINAL_LR_FRACTION * base
+        return lo + 0.5 * (base - lo) * (1.0 + math.cos(math.pi * progress))
 
     # ------------------------------------------------------------------ training step
     def _step(
@@ -1411,8 +1419,9 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         self._stop_event.clear()
         rng = np.random.default_rng(cfg.seed)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(cfg.seed)
+        # augmentation parameters are drawn on the CPU: the same seed gives the same
+        # augmentations on every device
+        generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed + 1)  # dropout
         model = self.model
         model.train()

@@ -40,7 +40,6 @@ class _CloseFilter(QObject):
     def __init__(self, state: UNetState, window: QObject) -> None:
         super().__init__(window)
         self._state_ref = weakref.ref(state)
-        self._window_ref = weakref.ref(window)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
         if event.type() == QEvent.Type.Close:
@@ -94,11 +93,7 @@ class UNetState(QObject):
         self.widgets: weakref.WeakValueDictionary[str, QWidget] = weakref.WeakValueDictionary()
         self.closed = False
         self._window_ref: weakref.ref[QObject] | None = None
-        qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-        if qt_window is not None:
-            self._window_ref = weakref.ref(qt_window)
-            self._filter = _CloseFilter(self, qt_window)
-            qt_window.installEventFilter(self._filter)
+        self._filter: _CloseFilter | None = None
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
@@ -108,6 +103,15 @@ class UNetState(QObject):
     @property
     def viewer(self) -> napari.Viewer | None:
         return self._viewer_ref()
+
+    def attach_window(self, window: QWidget) -> None:
+        """Watch ``window`` (the viewer's main window, found by a docked widget) for Close."""
+        current = self._window_ref() if self._window_ref is not None else None
+        if current is window:
+            return
+        self._window_ref = weakref.ref(window)
+        self._filter = _CloseFilter(self, window)
+        window.installEventFilter(self._filter)
 
     # -- setters (emit signals only on change) ---------------------------------------------
     def set_image_layer(self, layer: Image | None) -> None:
@@ -182,8 +186,14 @@ class UNetState(QObject):
         self.shutting_down.emit()
 
 
+def unwrap_viewer(viewer: Any) -> Any:
+    """The viewer behind napari's ``PublicOnlyProxy`` (so layer identity checks work)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def get_state(viewer: napari.Viewer) -> UNetState:
     """The :class:`UNetState` of ``viewer`` (created on first use)."""
+    viewer = unwrap_viewer(viewer)
     state = _STATES.get(viewer)
     if state is None:
         state = UNetState(viewer)

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import notify_error, notify_info, notify_warning
-from ._state import UNetState, get_state
+from ._state import UNetState, get_state, unwrap_viewer
 
 if TYPE_CHECKING:
     import napari
@@ -110,8 +110,10 @@ class UNetWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.state: UNetState = get_state(napari_viewer)
+        # napari hands plugin widgets a PublicOnlyProxy of the viewer; layers obtained
+        # through it are proxies too, which breaks `layer is state.labels_layer`
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.state: UNetState = get_state(self.viewer)
         if self.key:
             self.state.widgets[self.key] = self
         self._jobs: dict[str, Job] = {}
@@ -126,6 +128,22 @@ class UNetWidget(QWidget):
         # holds the job dict, not self (which is being destroyed)
         jobs = self._jobs
         self.destroyed.connect(lambda *_: _shutdown_jobs(jobs))
+        QTimer.singleShot(0, self._hook_window)
+
+    def _hook_window(self) -> None:
+        """Once docked, let the shared state watch the main window for Close."""
+        try:
+            top: QWidget = self
+            while top.parentWidget() is not None:
+                top = top.parentWidget()
+        except RuntimeError:  # deleted before the event loop ran
+            return
+        if top is not self:
+            self.state.attach_window(top)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        self._hook_window()
+        super().showEvent(event)
 
     # -- layout helpers --------------------------------------------------------------------
     def add_form(self) -> QFormLayout:
@@ -155,6 +173,7 @@ class UNetWidget(QWidget):
     # -- jobs ------------------------------------------------------------------------------
     def start_job(self, name: str, job: Job) -> Job:
         """Remember ``job`` under ``name`` and start it."""
+        self._hook_window()
         self._jobs[name] = job
         return job.start()
 

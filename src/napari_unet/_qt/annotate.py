@@ -163,9 +163,9 @@ class AnnotateWidget(UNetWidget):
 
         # -- source ---------------------------------------------------------------------
         form = self.add_form()
-        self.image_combo = LayerCombo(napari_viewer, Image)
+        self.image_combo = LayerCombo(self.viewer, Image)
         form.addRow("Image", self.image_combo)
-        self.labels_combo = LayerCombo(napari_viewer, Labels, allow_none=True, none_text="(none)")
+        self.labels_combo = LayerCombo(self.viewer, Labels, allow_none=True, none_text="(none)")
         self.labels_combo.setToolTip(
             "training labels layer: pick an existing Labels layer to adopt it, or create one"
         )
@@ -284,7 +284,7 @@ class AnnotateWidget(UNetWidget):
             self.labels_combo.set_value(self.state.labels_layer)
             self._attach(self.state.labels_layer)
         else:
-            for lay in napari_viewer.layers:  # a layer we created before (e.g. another dock)
+            for lay in self.viewer.layers:  # a layer we created before (e.g. another dock)
                 md = lay.metadata.get("napari_unet", {}) if isinstance(lay, Labels) else {}
                 if md.get("training_labels"):
                     self.labels_combo.set_value(lay)
