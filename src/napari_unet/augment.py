@@ -95,24 +95,25 @@ def _resolve_generator(seed: int | None, generator: torch.Generator | None) -> t
     return torch.Generator().manual_seed(int(seed))
 
 
-def _sampling_grid(
+def _grid_factors(
     n: int,
     out_hw: tuple[int, int],
     in_hw: tuple[int, int],
     device: torch.device,
     affine: torch.Tensor | None = None,
     coarse: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The grid_sample grid ``(n, h, w, 2)`` (float32, normalised, x first) of a warp.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors ``(T, K)`` of the grid_sample grid of a warp: ``grid = (T @ K).view(n, h, w, 2)``.
 
-    The source pixel of output pixel ``(y, x)`` of sample ``k`` is
-    ``affine[k] @ (y, x, 1)`` (rows: source ``y``, source ``x``; identity when
-    ``None``) plus the bicubic upsampling of the coarse ``(dy, dx)`` field
-    ``coarse[k]`` (pixels, ``(n, 2, g, g)``; none when ``None``).
+    The grid is float32, normalised, x first.  The source pixel of output
+    pixel ``(y, x)`` of sample ``k`` is ``affine[k] @ (y, x, 1)`` (rows: source
+    ``y``, source ``x``; identity when ``None``) plus the bicubic upsampling
+    of the coarse ``(dy, dx)`` field ``coarse[k]`` (pixels, ``(n, 2, g, g)``;
+    none when ``None``).
 
-    Everything that depends on the output row is folded into a small
-    ``(n, h, R)`` matrix and everything that depends on the column into an
-    ``(R, 2 w)`` matrix (``R = 4 + 2 g``), so the whole grid, already
+    Everything that depends on the output row is folded into the small
+    ``(n, h, R)`` matrix ``T`` and everything that depends on the column into
+    the ``(R, 2 w)`` matrix ``K`` (``R = 4 + 2 g``), so the whole grid, already
     normalised and interleaved, is one matrix product on the target device.
     """
     h, w = out_hw
@@ -141,7 +142,35 @@ def _sampling_grid(
         k_parts.append(torch.einsum("xj,cd->jcxd", wx, eye2).reshape(2 * g_x, 2 * w))
     t = torch.cat(t_parts, dim=2).to(device=device, dtype=torch.float32)
     k = torch.cat(k_parts, dim=0).to(device=device, dtype=torch.float32)
-    return torch.matmul(t, k).view(n, h, w, 2)
+    return t, k
+
+
+def _warp_many(
+    items: Sequence[tuple[torch.Tensor, int]], factors: tuple[torch.Tensor, torch.Tensor]
+) -> list[torch.Tensor]:
+    """Resample every ``(x, order)`` of ``items`` (all (N, C, H, W)) along one grid.
+
+    On the CPU the batch is processed a few samples at a time (about one
+    512 x 512 grid per chunk), so that the grid and the images stay in cache;
+    on a GPU the whole batch goes at once.
+    """
+    t, k = factors
+    n, h = t.shape[:2]
+    w = k.shape[1] // 2
+    chunk = n if t.device.type != "cpu" else max(1, 2**18 // max(h * w, 1))
+    if chunk >= n:
+        grid = torch.matmul(t, k).view(n, h, w, 2)
+        return [_warp(x, grid, order) for x, order in items]
+    outs: list[torch.Tensor] = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        grid = torch.matmul(t[start:stop], k).view(stop - start, h, w, 2)
+        for j, (x, order) in enumerate(items):
+            part = _warp(x[start:stop], grid, order)
+            if start == 0:
+                outs.append(part.new_empty((n, *part.shape[1:])))
+            outs[j][start:stop] = part
+    return outs
 
 
 def _reflect(coord: torch.Tensor, size: int) -> torch.Tensor:
@@ -160,7 +189,7 @@ def _gather_nearest(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour resampling by an index gather; exact for any integer dtype."""
     n, c, height, width = x.shape
     h, w = grid.shape[1:3]
-    g = grid.to(torch.float64)
+    g = grid if grid.device.type == "mps" else grid.to(torch.float64)  # no float64 on MPS
     sx = (g[..., 0] + 1.0) * (0.5 * (width - 1))
     sy = (g[..., 1] + 1.0) * (0.5 * (height - 1))
     iy = torch.round(_reflect(sy, height)).long()
@@ -184,7 +213,7 @@ def _exact_float_dtype(x: torch.Tensor) -> torch.dtype | None:
     big = max(abs(int(lo)), abs(int(hi)))
     if big <= 2**24:
         return torch.float32
-    if big <= 2**53:
+    if big <= 2**53 and x.device.type != "mps":
         return torch.float64
     return None
 
@@ -429,16 +458,12 @@ def elastic_deform(
         outs = [None if t is None else t[0].reshape(t[1]).clone() for t in tgts]
     else:
         coarse = torch.randn((n, 2, grid, grid), generator=gen, device=gen.device) * sigma
-        sgrid = _sampling_grid(n, hw, hw, device, coarse=coarse)
-        out_img = _warp(img4, sgrid, order).reshape(img.shape)
-        outs = []
-        for t in tgts:
-            if t is None:
-                outs.append(None)
-                continue
-            t4, shape, _ = t
-            t_order = 1 if t4.dtype.is_floating_point else 0
-            outs.append(_warp(t4, sgrid, t_order).reshape(shape))
+        items = [(img4, order)] + [
+            (t[0], 1 if t[0].dtype.is_floating_point else 0) for t in tgts if t is not None
+        ]
+        warped = iter(_warp_many(items, _grid_factors(n, hw, hw, device, coarse=coarse)))
+        out_img = next(warped).reshape(img.shape)
+        outs = [None if t is None else next(warped).reshape(t[1]) for t in tgts]
 
     result_img = _from_tensor(out_img, image)
     if not targets:
@@ -472,7 +497,8 @@ class Augmentation:
     elastic : bool, default True
         Elastic deformation as in the U-Net paper (see :func:`elastic_deform`).
     elastic_grid : int, default 3
-        Control points per side of the coarse displacement grid (``>= 2``).
+        Control points per side of the coarse displacement grid (``>= 2``),
+        spread over the output (the crop when ``crop_size`` is set).
     elastic_sigma : float, default 10.0
         Standard deviation of the control-point displacements, in pixels.
     elastic_p : float, default 0.8
@@ -690,20 +716,26 @@ class Augmentation:
         if bool(warp.any()):
             idx = torch.nonzero(warp).flatten()
             idx_dev = idx.to(device)
-            sgrid = self._grid(p, idx, (h, w), (height, width), device)
-            every = idx.numel() == n  # no copies of the inputs when all samples warp
-
-            def warp_into(out: torch.Tensor, x: torch.Tensor, order: int) -> torch.Tensor:
-                if every:
-                    return _warp(x, sgrid, order)
-                out[idx_dev] = _warp(x.index_select(0, idx_dev), sgrid, order)
-                return out
-
-            out_img = warp_into(out_img, image, self.order)
-            for j, t in enumerate(tgts):
-                o = out_t[j]
-                if t is not None and o is not None:
-                    out_t[j] = warp_into(o, t[0], 1 if t[0].dtype.is_floating_point else 0)
+            sub = idx.numel() < n  # no copies of the inputs when all samples warp
+            items = [(image.index_select(0, idx_dev) if sub else image, self.order)]
+            slots = [j for j, t in enumerate(tgts) if t is not None]
+            for j in slots:
+                t4 = tgts[j][0]  # type: ignore[index]
+                items.append(
+                    (
+                        t4.index_select(0, idx_dev) if sub else t4,
+                        1 if t4.dtype.is_floating_point else 0,
+                    )
+                )
+            warped = _warp_many(items, self._grid(p, idx, (h, w), (height, width), device))
+            if sub:
+                out_img[idx_dev] = warped[0]
+                for j, res in zip(slots, warped[1:]):
+                    out_t[j][idx_dev] = res  # type: ignore[index]
+            else:
+                out_img = warped[0]
+                for j, res in zip(slots, warped[1:]):
+                    out_t[j] = res
 
         out_img = self._intensity(out_img, p, gen)
         if not targets:
@@ -766,8 +798,8 @@ class Augmentation:
         out_hw: tuple[int, int],
         in_hw: tuple[int, int],
         device: torch.device,
-    ) -> torch.Tensor:
-        """Sampling grid (m, h, w, 2) of the warped samples ``idx``.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling-grid factors (see :func:`_grid_factors`) of the warped samples ``idx``.
 
         Source pixel ``src = c_in + R(angle) @ D @ (q - c_out) + d(q)`` of output
         pixel ``q = (y, x)``, with ``D`` the sample's flip / rot90 (the same map as
@@ -798,7 +830,7 @@ class Augmentation:
         coarse = None
         if "coarse" in p and bool(p["elastic"][idx].any()):
             coarse = p["coarse"][idx]
-        return _sampling_grid(m, out_hw, in_hw, device, affine=affine, coarse=coarse)
+        return _grid_factors(m, out_hw, in_hw, device, affine=affine, coarse=coarse)
 
     def _intensity(
         self, x: torch.Tensor, p: dict[str, torch.Tensor], gen: torch.Generator
