@@ -1,0 +1,59 @@
+"""Pieces of the evaluation benchmark and the benchmark runner that need no ISBI data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_evaluation, run_all  # noqa: E402
+
+from napari_unet.sample_data import synthetic_em  # noqa: E402
+
+
+def test_scribbles_are_sparse_correct_and_deterministic() -> None:
+    _, truth = synthetic_em((256, 256), seed=3)
+    s = bench_evaluation.scribble_labels(truth, 0.05, seed=1)
+    labelled = s > 0
+    assert 0.035 <= labelled.mean() <= 0.06
+    np.testing.assert_array_equal(s[labelled], truth[labelled])  # strokes never lie
+    assert (s == 1).any() and (s == 2).any()
+    np.testing.assert_array_equal(s, bench_evaluation.scribble_labels(truth, 0.05, seed=1))
+
+
+def test_seed_unet_shapes() -> None:
+    import torch
+
+    net = bench_evaluation._seed_unet()
+    with torch.inference_mode():
+        assert net.eval()(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_evaluation_markdown_table() -> None:
+    rows = [{"method": "a", "budget_min": 10.0, "pixel_error": 0.07, "membrane_iou": None}]
+    table = bench_evaluation.markdown_table(rows)
+    assert "| a | - | 10 |" in table and "0.0700" in table
+
+
+def test_run_all_discovers_and_summarises() -> None:
+    assert "evaluation" in run_all.discover()
+    rows = [
+        {"case": "x", "median_s": 0.2, "iqr_s": 0.02, "fast_ms": 10.0, "fast_iqr_ms": 1.0},
+        {"case": "y", "median_s": 0.4, "iqr_s": 0.02},
+    ]
+    out = run_all._with_ratios(rows)
+    assert out[0]["spread_%"] == 10.0 and out[0]["fast_spread_%"] == 10.0
+    assert out[1]["x_fastest"] == 2.0
+    records = [
+        {"name": "tiling", "status": "ok", "wall_s": 1.0, "peak_rss_mib": 99.0,
+         "result": {"name": "tiling", "rows": rows, "note": "n"}},
+        {"name": "gui", "status": "missing", "note": "benchmarks/bench_gui.py not found"},
+    ]  # fmt: skip
+    text = run_all.summary_markdown(records, True, {"cpu_count": 2})
+    assert "| tiling | ok | 1.0 | 99.0 | n |" in text and "| gui | missing |" in text
+    assert "## tiling" in text and "x_fastest" in text
