@@ -279,9 +279,16 @@ def read_tiff(
         shape, axes, _ = _squeeze_axes(series.shape, series.axes)
         dtype = np.dtype(series.dtype)
         if "S" in axes or (axes and axes[-1] in "S") or series.keyframe.samplesperpixel > 1:
+            hint = ""
+            if series.axes.startswith("S") and series.shape[0] in (3, 4):
+                hint = (
+                    f"; if this is a {series.shape[0]}-slice stack saved as colour planes, "
+                    "re-save it as grayscale (tifffile: photometric='minisblack')"
+                )
             raise InvalidImageError(
                 f"{path}: RGB/multi-sample images are not supported "
-                f"(shape {tuple(series.shape)}, axes {series.axes}); convert to grayscale (8 or 16 bit)"
+                f"(shape {tuple(series.shape)}, axes {series.axes}); convert to grayscale "
+                f"(8 or 16 bit){hint}"
             )
         if len(shape) > 3:
             raise InvalidImageError(

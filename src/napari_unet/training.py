@@ -82,6 +82,10 @@ DEFAULT_VALID_OUTPUT = 388
 FINAL_LR_FRACTION = 0.05
 #: pixels of not-yet-labelled slices checked per live re-scan
 _SCAN_PIXEL_BUDGET = 64 * 2**20
+#: the exception CUDA raises when it runs out of memory (torch >= 2.5 has the top-level name)
+_OOM_ERRORS: tuple[type[BaseException], ...] = (
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+)
 #: store the flat indices of labelled pixels when fewer than this fraction is labelled
 _SPARSE_FRACTION = 0.25
 DEFAULT_CLASS_COLORS: tuple[str, ...] = (
@@ -308,6 +312,27 @@ class TrainConfig:
     label_oversampling: float = 0.9
     num_threads: int | None = None
     labels_rescan_s: float = 2.0
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> TrainConfig:
+        """Settings close to Ronneberger et al. (2015) (a GPU is advisable).
+
+        The paper's network (valid padding, 31M parameters), one 572 x 572 tile
+        per step, the weighted cross-entropy alone with class-balancing weights
+        and the border term ``w0 = 10``, ``sigma = 5``, elastic deformations.
+        (The paper used SGD with momentum 0.99; this trainer uses AdamW.)
+        """
+        settings: dict[str, Any] = {
+            "model": "paper",
+            "loss": "wce",
+            "batch_size": 1,
+            "learning_rate": 1e-4,
+            "class_weights": "balanced",
+            "w0": 10.0,
+            "sigma": 5.0,
+        }
+        settings.update(overrides)
+        return cls(**settings)
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> TrainConfig:
@@ -678,6 +703,7 @@ class _Slice:
     class_counts: np.ndarray  # (K + 1,)
     coords: np.ndarray | None  # flat indices of labelled pixels (sparse slices)
     border: np.ndarray | None = None  # float32 border term of the weight map
+    raw_signature: tuple[int, int] | None = None  # of the live array as last read
 
 
 def _signature(labels: np.ndarray) -> tuple[int, int]:
@@ -807,7 +833,7 @@ class Trainer:
             if hi > n_classes:
                 raise ValueError(
                     f"labels contain class {hi} but the model predicts {n_classes} classes: "
-                    "fine-tune with labels 1..{0} or train a new model".format(n_classes)
+                    f"fine-tune with labels 1..{n_classes} or train a new model"
                 )
         else:
             n_classes = config.n_classes if config.n_classes is not None else max(2, hi)
@@ -882,7 +908,7 @@ class Trainer:
         # ---------------------------------------------------------- slice cache
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
-        self._pending_scan: set[int] | None = set()
+        self._pending_scan: set[int] = set()
         self._force_full_scan = False
         self._scan_cursor = 0
         self._slices: dict[int, _Slice] = {}
@@ -1034,7 +1060,7 @@ class Trainer:
         with self._lock:
             if slices is None:
                 self._force_full_scan = True
-            elif self._pending_scan is not None:
+            else:
                 self._pending_scan.update(int(z) for z in slices if 0 <= int(z) < self.n_slices)
 
     @property
@@ -1075,7 +1101,7 @@ class Trainer:
     def _rescan(self, full: bool = False) -> tuple[list[int], list[str]]:
         """Re-check the live labels; return (changed slices, warnings)."""
         with self._lock:
-            pending = self._pending_scan or set()
+            pending = self._pending_scan
             self._pending_scan = set()
             full = full or self._force_full_scan
             self._force_full_scan = False
@@ -1102,14 +1128,15 @@ class Trainer:
                 if not np.any(raw):
                     continue
             arr = np.asarray(raw)
-            sig = _signature(arr)
-            if cached is not None and sig == cached.signature:
+            raw_sig = _signature(arr)
+            if cached is not None and raw_sig in (cached.signature, cached.raw_signature):
                 continue
             labels, warn = self._clean_labels(z, arr)
             if warn and not self._warned_bad_labels:
                 warnings.append(warn)
                 self._warned_bad_labels = True
             if cached is not None and _signature(labels) == cached.signature:
+                cached.raw_signature = raw_sig
                 continue
             changed.append(z)
             if not np.any(labels):
@@ -1117,6 +1144,7 @@ class Trainer:
                 continue
             image = cached.image if cached is not None else None
             new_slices[z] = self._slice_from_labels(z, labels, image)
+            new_slices[z].raw_signature = raw_sig
         if changed:
             if not new_slices:
                 warnings.append(
@@ -1325,18 +1353,13 @@ class Trainer:
         cfg = self.config
         images, labels, weights = self._sample_batch(rng, self.batch_size, self.patch_size)
         dev = self.device
-        pin = self._on_cuda
-        x = torch.from_numpy(images)
-        y = torch.from_numpy(labels)
-        wt = torch.from_numpy(weights) if weights is not None else None
-        if pin:
-            x, y = x.pin_memory(), y.pin_memory()
-            wt = wt.pin_memory() if wt is not None else None
-        x = x.to(dev, non_blocking=True)
-        y = y.to(dev, non_blocking=True)[:, None]
+        x = torch.from_numpy(images).to(dev)
+        y = torch.from_numpy(labels).to(dev)[:, None]
         targets: list[torch.Tensor] = [y]
-        if wt is not None:
-            targets.append(wt.to(dev, non_blocking=True)[:, None])
+        wt = None
+        if weights is not None:
+            wt = torch.from_numpy(weights).to(dev)[:, None]
+            targets.append(wt)
         augmented = self._augmentation(x, *targets, generator=generator)
         x, y = augmented[0], augmented[1][:, 0]
         wt = augmented[2][:, 0] if wt is not None else None
@@ -1405,11 +1428,16 @@ class Trainer:
             raise RuntimeError("this Trainer is already running: stop() it first")
         self._running = True
         old_threads = torch.get_num_threads()
+        old_benchmark = torch.backends.cudnn.benchmark
+        if self._on_cuda:
+            torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick kernels
         try:
             yield from self._run()
         finally:
             self._running = False
+            self._stop_event.clear()  # a later run() starts afresh
             self.model.eval()
+            torch.backends.cudnn.benchmark = old_benchmark
             if self.config.num_threads is not None:
                 torch.set_num_threads(old_threads)
 
@@ -1417,7 +1445,6 @@ class Trainer:
         cfg = self.config
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
-        self._stop_event.clear()
         rng = np.random.default_rng(cfg.seed)
         # augmentation parameters are drawn on the CPU: the same seed gives the same
         # augmentations on every device
@@ -1429,7 +1456,11 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = None
         if self._amp_dtype() == torch.float16:
-            scaler = torch.amp.GradScaler("cuda")
+            amp_mod = getattr(torch, "amp", None)
+            if amp_mod is not None and hasattr(amp_mod, "GradScaler"):
+                scaler = amp_mod.GradScaler("cuda")
+            else:  # pragma: no cover - torch < 2.3
+                scaler = torch.cuda.amp.GradScaler()
 
         yield TrainingStarted(
             device=str(self.device),
@@ -1478,7 +1509,7 @@ class Trainer:
             oom = False
             try:
                 loss = self._step(optimizer, scaler, rng, generator)
-            except torch.OutOfMemoryError:
+            except _OOM_ERRORS:
                 oom = True
             if oom:
                 # outside the except block: the traceback no longer pins the tensors
@@ -1537,7 +1568,7 @@ class Trainer:
     def _validation_events(self, it: int) -> Iterator[TrainingEvent]:
         try:
             metrics = self._validate()
-        except torch.OutOfMemoryError:
+        except _OOM_ERRORS:
             metrics = None
             oom = True
         else:
@@ -1563,7 +1594,7 @@ class Trainer:
         oom = False
         try:
             classes, probs = self._predict_slice(z)
-        except torch.OutOfMemoryError:
+        except _OOM_ERRORS:
             oom = True
         if oom:
             if self._on_cuda:

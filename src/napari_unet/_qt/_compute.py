@@ -69,7 +69,9 @@ def training_weight_map(
     return w
 
 
-def slice_counts(labels: Any, n_classes: int, zs: Iterator[int] | None = None) -> dict[int, np.ndarray]:
+def slice_counts(
+    labels: Any, n_classes: int, zs: Iterator[int] | None = None
+) -> dict[int, np.ndarray]:
     """``{z: bincount}`` of labelled slices of a (Z, H, W) or (H, W) labels array."""
     arr = labels if labels.ndim >= 3 else labels[None]
     out: dict[int, np.ndarray] = {}

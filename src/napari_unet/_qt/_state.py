@@ -41,7 +41,7 @@ class _CloseFilter(QObject):
         super().__init__(window)
         self._state_ref = weakref.ref(state)
 
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Close:
             state = self._state_ref()
             if state is not None:
@@ -98,6 +98,10 @@ class UNetState(QObject):
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        for layer in viewer.layers:
+            if self.image_layer is None and is_source_image(layer):
+                self.image_layer = layer
 
     # -- viewer --------------------------------------------------------------------------
     @property
@@ -145,7 +149,9 @@ class UNetState(QObject):
         self.weight_settings.update(settings)
         self.weights_changed.emit()
 
-    def set_model(self, model: Any, metadata: dict[str, Any], checkpoint: str | None = None) -> None:
+    def set_model(
+        self, model: Any, metadata: dict[str, Any], checkpoint: str | None = None
+    ) -> None:
         self.model = model
         self.metadata = dict(metadata or {})
         if checkpoint is not None:
@@ -155,6 +161,10 @@ class UNetState(QObject):
     def set_prediction_layer(self, layer: Labels | None) -> None:
         self.prediction_layer = layer
         self.prediction_changed.emit(layer)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        if self.image_layer is None and is_source_image(event.value):
+            self.set_image_layer(event.value)
 
     def _on_layer_removed(self, event: Any) -> None:
         layer: Layer = event.value
@@ -184,6 +194,19 @@ class UNetState(QObject):
         self.closed = True
         logger.debug("napari-unet: viewer closing, stopping background jobs")
         self.shutting_down.emit()
+
+
+def is_generated(layer: Any) -> bool:
+    """Whether napari-unet made ``layer`` (previews, weight map, predictions...)."""
+    md = getattr(layer, "metadata", None) or {}
+    return bool(isinstance(md, dict) and (md.get("napari_unet") or {}).get("generated"))
+
+
+def is_source_image(layer: Any) -> bool:
+    """A grayscale Image layer the user opened (not one napari-unet generated)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not layer.rgb and not is_generated(layer)
 
 
 def unwrap_viewer(viewer: Any) -> Any:

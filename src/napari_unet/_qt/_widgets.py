@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QPointF, QRectF, Qt, QTimer, Signal
@@ -22,7 +22,6 @@ from ._state import UNetState, get_state, unwrap_viewer
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
 
     from ._workers import Job
 
@@ -39,8 +38,10 @@ class LayerCombo(QComboBox):
         parent: QWidget | None = None,
         allow_none: bool = False,
         none_text: str = "(none)",
+        accept: Callable[[Any], bool] | None = None,
     ) -> None:
         super().__init__(parent)
+        self._accept = accept
         self._viewer = viewer
         self._type = layer_type
         self._allow_none = allow_none
@@ -56,7 +57,11 @@ class LayerCombo(QComboBox):
         self.refresh()
 
     def _candidates(self) -> list[Any]:
-        return [lay for lay in self._viewer.layers if isinstance(lay, self._type)]
+        return [
+            lay
+            for lay in self._viewer.layers
+            if isinstance(lay, self._type) and (self._accept is None or self._accept(lay))
+        ]
 
     def refresh(self, event: Any = None) -> None:
         current = self.value
@@ -141,7 +146,7 @@ class UNetWidget(QWidget):
         if top is not self:
             self.state.attach_window(top)
 
-    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+    def showEvent(self, event: Any) -> None:
         self._hook_window()
         super().showEvent(event)
 
@@ -172,9 +177,12 @@ class UNetWidget(QWidget):
 
     # -- jobs ------------------------------------------------------------------------------
     def start_job(self, name: str, job: Job) -> Job:
-        """Remember ``job`` under ``name`` and start it."""
+        """Remember ``job`` under ``name`` and start it (not once the viewer is closing)."""
         self._hook_window()
         self._jobs[name] = job
+        if self.state.closed:
+            job.disconnect()
+            return job
         return job.start()
 
     def job(self, name: str = "main") -> Job | None:
@@ -197,9 +205,9 @@ class UNetWidget(QWidget):
 
 
 def _shutdown_jobs(jobs: dict[str, Job]) -> None:
+    # finished jobs too: their last signals may still be queued for a widget being deleted
     for job in list(jobs.values()):
-        if job.running:
-            job.shutdown()
+        job.shutdown()
 
 
 class CurvePlot(QWidget):
@@ -247,7 +255,9 @@ class CurvePlot(QWidget):
             self.update()
 
     @staticmethod
-    def _smooth(points: Sequence[tuple[float, float]], max_points: int) -> list[tuple[float, float]]:
+    def _smooth(
+        points: Sequence[tuple[float, float]], max_points: int
+    ) -> list[tuple[float, float]]:
         if len(points) <= max_points:
             return list(points)
         step = len(points) / max_points
@@ -257,7 +267,7 @@ class CurvePlot(QWidget):
             out.append((chunk[-1][0], sum(p[1] for p in chunk) / len(chunk)))
         return out
 
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+    def paintEvent(self, event: Any) -> None:
         self.paint_count += 1
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -324,7 +334,9 @@ class CurvePlot(QWidget):
             f"{x1:.0f} it",
         )
         p.setPen(QPen(QColor("#ff9500"), 1))
-        p.drawText(QRectF(rect.left() + 4, rect.top() + 2, 200, 14), 0, "loss" + (" (log)" if log else ""))
+        p.drawText(
+            QRectF(rect.left() + 4, rect.top() + 2, 200, 14), 0, "loss" + (" (log)" if log else "")
+        )
         if self.metric:
             p.setPen(QPen(QColor("#34c759"), 1))
             p.drawText(

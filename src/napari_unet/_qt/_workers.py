@@ -108,6 +108,8 @@ class Job:
         self._quit_on_cancel = quit_on_cancel
         self.cancelled = False
         self.failed = False
+        self.started = False
+        self.finished = False  # the GUI thread has handled ``finished``
         self.worker: UNetWorker = create_worker(
             _guarded,
             func,
@@ -123,34 +125,44 @@ class Job:
         self.worker.finished.connect(self._finished)
 
     # -- GUI-thread slots ----------------------------------------------------------------
+    def _call(self, handler: Callable[..., None] | None, *args: Any) -> None:
+        if handler is None:
+            return
+        try:
+            handler(*args)
+        except RuntimeError as exc:
+            # the widget was deleted while a queued signal was in flight (viewer closing)
+            if "has been deleted" not in str(exc):
+                raise
+            self.disconnect()
+
     def _yielded(self, value: Any) -> None:
         if isinstance(value, WorkerFailed):
             self._errored(value.error)
             return
-        if self._on_yield is not None:
-            self._on_yield(value)
+        self._call(self._on_yield, value)
 
     def _errored(self, exc: BaseException) -> None:
         self.failed = True
-        if self._on_error is not None:
-            self._on_error(exc)
+        self._call(self._on_error, exc)
 
     def _returned(self, value: Any) -> None:
-        if self._on_returned is not None:
-            self._on_returned(value)
+        self._call(self._on_returned, value)
 
     def _finished(self) -> None:
-        if self._on_finished is not None:
-            self._on_finished()
+        self.finished = True
+        self._call(self._on_finished)
 
     # -- control -------------------------------------------------------------------------
     def start(self) -> Job:
+        self.started = True
         self.worker.start()
         return self
 
     @property
     def running(self) -> bool:
-        return not self.worker.done.is_set()
+        """Started and not yet finished *as seen by the GUI thread* (its handler has run)."""
+        return self.started and not self.finished
 
     def cancel(self) -> None:
         """Ask the work to stop (thread-safe, returns at once)."""
@@ -165,6 +177,8 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the thread has ended; return whether it did."""
+        if not self.started:
+            return True
         return self.worker.done.wait(timeout)
 
     def disconnect(self) -> None:

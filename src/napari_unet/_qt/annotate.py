@@ -49,11 +49,11 @@ from ._common import (
     default_colors,
     friendly_error,
     label_colormap,
-    n_slices,
     sanitize_name,
     set_current_z,
     spatial_kwargs,
 )
+from ._state import is_generated, is_source_image
 from ._widgets import LayerCombo, UNetWidget
 from ._workers import Job
 
@@ -97,8 +97,11 @@ def autosave_path_for(layer: Any, folder: str | os.PathLike | None = None) -> Pa
     return base / (stem + AUTOSAVE_SUFFIX)
 
 
-def _digest(arr: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(arr).data, digest_size=16).hexdigest()
+def _digest(arr: np.ndarray, classes: dict[str, Any] | None = None) -> str:
+    h = hashlib.blake2b(np.ascontiguousarray(arr).data, digest_size=16)
+    if classes is not None:
+        h.update(json.dumps(classes, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def _save_labels_job(
@@ -109,7 +112,7 @@ def _save_labels_job(
     last_digest: str | None,
 ) -> Any:
     """Worker: write ``snapshot`` atomically unless it is what was saved last."""
-    digest = _digest(snapshot)
+    digest = _digest(snapshot, classes)
     if digest == last_digest:
         yield ("unchanged", path, digest)
         return
@@ -163,9 +166,15 @@ class AnnotateWidget(UNetWidget):
 
         # -- source ---------------------------------------------------------------------
         form = self.add_form()
-        self.image_combo = LayerCombo(self.viewer, Image)
+        self.image_combo = LayerCombo(self.viewer, Image, accept=is_source_image)
         form.addRow("Image", self.image_combo)
-        self.labels_combo = LayerCombo(self.viewer, Labels, allow_none=True, none_text="(none)")
+        self.labels_combo = LayerCombo(
+            self.viewer,
+            Labels,
+            allow_none=True,
+            none_text="(none)",
+            accept=lambda lay: not is_generated(lay),
+        )
         self.labels_combo.setToolTip(
             "training labels layer: pick an existing Labels layer to adopt it, or create one"
         )
@@ -306,7 +315,11 @@ class AnnotateWidget(UNetWidget):
         if layer is not None and self.image_combo.value is not layer:
             self.image_combo.set_value(layer)
         lab = self.state.labels_layer
-        if layer is not None and lab is not None and tuple(lab.data.shape) != tuple(layer.data.shape):
+        if (
+            layer is not None
+            and lab is not None
+            and tuple(lab.data.shape) != tuple(layer.data.shape)
+        ):
             self.warning(
                 f"training labels {lab.name!r} {tuple(lab.data.shape)} do not match the image "
                 f"{layer.name!r} {tuple(layer.data.shape)}: create or pick labels for this image"
@@ -408,11 +421,14 @@ class AnnotateWidget(UNetWidget):
         except (ValueError, AttributeError):  # pragma: no cover - cosmetic
             pass
         if restored is not None:
-            self._last_digest = _digest(data)
+            self._last_digest = _digest(data, self._classes_dict())
             self.last_saved = restored
             self.info(f"restored autosaved labels from {restored}")
         else:
-            self.info(f"created {layer.name!r}: paint a few slices (class 1 = {self.state.class_names[0]})", notify=False)
+            self.info(
+                f"created {layer.name!r}: paint a few slices (class 1 = {self.state.class_names[0]})",
+                notify=False,
+            )
         return layer
 
     def _read_autosave(self, path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -571,7 +587,9 @@ class AnnotateWidget(UNetWidget):
             for col, text in enumerate((str(z), f"{n:,}", balance)):
                 item = QTableWidgetItem(text)
                 if col < 2:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
                 table.setItem(r, col, item)
         n_total = int(total[1:].sum())
         if n_total:
@@ -613,6 +631,7 @@ class AnnotateWidget(UNetWidget):
             self._updating_classes = False
 
     def _on_classes_changed(self) -> None:
+        self._dirty = True  # the class names/colours are saved with the labels
         self._fill_class_table()
         for layer in (self.state.labels_layer, self._adopted):
             if layer is not None:
@@ -682,7 +701,9 @@ class AnnotateWidget(UNetWidget):
             return None
         return autosave_path_for(image, self.folder_edit.text().strip() or None)
 
-    def set_autosave(self, interval: float | None = None, folder: str | os.PathLike | None = None) -> None:
+    def set_autosave(
+        self, interval: float | None = None, folder: str | os.PathLike | None = None
+    ) -> None:
         """Scripting/test hook: change the interval (s) and/or the project folder."""
         if folder is not None:
             self.folder_edit.setText(str(folder))
