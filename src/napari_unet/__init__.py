@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "adapted_rand_error": "napari_unet.metrics",
     "variation_of_information": "napari_unet.metrics",
     "evaluate_segmentation": "napari_unet.metrics",
+    "segments_from_classes": "napari_unet.metrics",
     # checkpoints
     "save_checkpoint": "napari_unet.checkpoint",
     "load_checkpoint": "napari_unet.checkpoint",
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         evaluate_segmentation,
         iou_per_class,
         pixel_error,
+        segments_from_classes,
         variation_of_information,
     )
     from .model import UNet
