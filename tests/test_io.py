@@ -105,7 +105,9 @@ def test_labels_detected_and_forced(tmp_path: Path, small_stack) -> None:
 
 def test_writer_round_trip_fiji_metadata(tmp_path: Path, small_stack) -> None:
     _, labels = small_stack
-    out = write_labels_tiff(tmp_path / "mask.tif", labels.astype(np.int64), scale=(0.05, 0.004, 0.004))
+    out = write_labels_tiff(
+        tmp_path / "mask.tif", labels.astype(np.int64), scale=(0.05, 0.004, 0.004)
+    )
     with tifffile.TiffFile(out) as tif:
         assert tif.is_imagej
         ij = tif.imagej_metadata
@@ -139,7 +141,7 @@ def test_writer_rejects_negative_and_is_atomic(tmp_path: Path) -> None:
     before = target.read_bytes()
     with pytest.raises(InvalidImageError, match="negative"):
         write_labels_tiff(target, -np.ones((4, 4), np.int32))
-    with pytest.raises(InvalidImageError, match="2D .* or 3D"):
+    with pytest.raises(InvalidImageError, match=r"2D .* or 3D"):
         write_labels_tiff(target, np.ones((2, 2, 3, 4), np.uint8))
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tif"]  # no temp files left
@@ -206,13 +208,13 @@ def test_truncated_tiff(tmp_path: Path) -> None:
     tifffile.imwrite(full, data)
     raw = full.read_bytes()
     (tmp_path / "cut.tif").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(InvalidImageError, match="truncated|corrupt"):
+    with pytest.raises(InvalidImageError, match=r"truncated|corrupt"):
         read_tiff(tmp_path / "cut.tif")
 
 
 def test_corrupt_header(tmp_path: Path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\xff" * 60)
-    with pytest.raises(InvalidImageError, match="corrupt|no image"):
+    with pytest.raises(InvalidImageError, match=r"corrupt|no image"):
         read_tiff(tmp_path / "bad.tif")
 
 
@@ -224,7 +226,10 @@ def test_rgb_rejected(tmp_path: Path) -> None:
 
 def test_4d_rejected(tmp_path: Path) -> None:
     tifffile.imwrite(
-        tmp_path / "4d.tif", np.zeros((2, 3, 8, 8), np.uint8), imagej=True, metadata={"axes": "TZYX"}
+        tmp_path / "4d.tif",
+        np.zeros((2, 3, 8, 8), np.uint8),
+        imagej=True,
+        metadata={"axes": "TZYX"},
     )
     with pytest.raises(InvalidImageError, match="4D"):
         read_tiff(tmp_path / "4d.tif")

@@ -54,7 +54,17 @@ def test_wheel_installs_in_fresh_venv_and_validates(tmp_path: Path) -> None:
     from this environment minus napari-unet itself, then run npe2 there."""
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -86,7 +96,12 @@ def test_wheel_installs_in_fresh_venv_and_validates(tmp_path: Path) -> None:
         text=True,
     ).stdout.strip()
     Path(new_site, "zz_deps.pth").write_text(str(deps) + "\n")
-    subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [py, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     where = subprocess.run(
@@ -104,6 +119,10 @@ def test_wheel_installs_in_fresh_venv_and_validates(tmp_path: Path) -> None:
     assert "napari-unet" in res.stdout, res.stdout + res.stderr
     # the console script is installed and answers
     out = subprocess.run(
-        [str(venv / "bin" / "napari-unet"), "--version"], capture_output=True, text=True, env=env, timeout=120
+        [str(venv / "bin" / "napari-unet"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert out.returncode == 0 and "napari-unet" in out.stdout, out.stderr

@@ -53,7 +53,9 @@ def test_bad_file_is_a_notification_not_a_crash(
     viewer = make_napari_viewer()
     viewer.open(path, plugin="napari-unet")
     assert len(viewer.layers) == 0
-    assert any(message in str(n.message) for n in notifications), [str(n.message) for n in notifications]
+    assert any(message in str(n.message) for n in notifications), [
+        str(n.message) for n in notifications
+    ]
 
 
 def test_rgb_file_is_a_notification(make_napari_viewer, tmp_path: Path, notifications) -> None:
