@@ -95,12 +95,14 @@ import contextlib
 import copy
 import functools
 import hashlib
+import itertools
 import json
 import math
 import numbers
 import os
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -797,18 +799,48 @@ def _prepare_for_inference(net: nn.Module, device: torch.device) -> nn.Module:
     return net
 
 
+_PREPARED: OrderedDict[tuple[int, str], tuple[Any, tuple[Any, ...], nn.Module]] = OrderedDict()
+_PREPARED_LOCK = threading.Lock()
+_PREPARED_SIZE = 2
+
+
+def _weights_signature(model: nn.Module) -> tuple[Any, ...]:
+    """Changes whenever a parameter or buffer is replaced or modified in place."""
+    return tuple(
+        (t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+        for t in itertools.chain(model.parameters(), model.buffers())
+    )
+
+
 @contextlib.contextmanager
 def _inference_model(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """The network to run: a prepared copy of ``model`` (see :func:`_prepare_for_inference`).
 
-    The caller's model is never modified (its weights are copied, which costs
-    little next to a prediction).  A network prepared by this module for the
-    same device (the per-worker cache of :func:`predict_dask`) is used as it is.
+    The caller's model is never modified.  The copy is cached (two entries)
+    while the model's weights stay the same (same tensors, same in-place
+    version counters), so predicting a stack slice by slice does not copy the
+    network every time; training steps change the counters and invalidate it.
+    A network prepared by this module for the same device (the per-worker
+    cache of :func:`predict_dask`) is used as it is.
     """
     if getattr(model, _READY, None) == str(device):
         yield model
         return
-    yield _prepare_for_inference(copy.deepcopy(model), device)
+    key = (id(model), str(device))
+    signature = _weights_signature(model)
+    with _PREPARED_LOCK:
+        entry = _PREPARED.get(key)
+        if entry is not None and entry[0]() is model and entry[1] == signature:
+            _PREPARED.move_to_end(key)
+            net = entry[2]
+        else:
+            net = _prepare_for_inference(copy.deepcopy(model), device)
+            # the entry goes when the model does (no lock: called by the GC)
+            ref = weakref.ref(model, lambda _, key=key: _PREPARED.pop(key, None))
+            _PREPARED[key] = (ref, signature, net)
+            while len(_PREPARED) > _PREPARED_SIZE:
+                _PREPARED.popitem(last=False)
+    yield net
 
 
 # ---------------------------------------------------------------------------
