@@ -67,15 +67,16 @@ __all__ = [
     "TrainingStarted",
     "TrainingWarning",
     "Validation",
-    "Warning",
     "compute_normalization",
     "train",
 ]
 
 PRESETS: tuple[str, ...] = ("small", "paper")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
-#: default input patch size of a same-padded net ("small" preset)
-DEFAULT_SAME_PATCH = 256
+#: default input patch size of a same-padded net ("small" preset) on a CPU (or MPS) ...
+DEFAULT_SAME_PATCH_CPU = 128
+#: ... and on a CUDA GPU
+DEFAULT_SAME_PATCH_CUDA = 256
 #: default *output* tile of a valid-padded net (the paper's 388 -> 572 input)
 DEFAULT_VALID_OUTPUT = 388
 #: the cosine schedule decays to this fraction of the learning rate
@@ -207,6 +208,16 @@ def _is_number(value: Any) -> bool:
 class TrainConfig:
     """Everything that controls a training run (JSON friendly via :meth:`to_dict`).
 
+    The defaults were chosen for the "small" preset on a CPU, with the ISBI 2012
+    task as the yardstick (5 training slices, pixel error and membrane IoU on
+    slices 20-29): patches of 128 px in batches of 8 beat 256 px in batches
+    of 4 for the same compute (more, more varied steps), AdamW at 2e-3 with a
+    cosine decay beat 1e-3 and 4e-3, and unweighted classes with a mild border
+    term (``w0 = 3``) gave a clearly lower pixel error than the paper's
+    class-balanced weights with ``w0 = 10``, which thicken the predicted
+    membranes (the paper optimised for separating touching cells).  Use
+    :meth:`paper` for the paper's settings.
+
     Attributes
     ----------
     model : {"small", "paper"}, default "small"
@@ -215,17 +226,18 @@ class TrainConfig:
     loss : {"wce", "dice", "wce+dice"}, default "wce+dice"
         See :func:`napari_unet.losses.combined_loss`.
     patch_size : int or None, default None
-        Side of the square *input* patch.  ``None``: 256 for a same-padded net
-        (the "small" preset), for a valid-padded net the input giving a 388-pixel
-        output (572 for the "paper" preset).  Rounded up to the next size the
+        Side of the square *input* patch.  ``None``: for a same-padded net (the
+        "small" preset) 128 on a CPU and 256 on a CUDA GPU; for a valid-padded
+        net the input giving a 388-pixel output (572 for the "paper" preset).  Rounded up to the next size the
         network accepts (:meth:`UNet.valid_input_size`), and capped to what the
         labelled slices need.
-    batch_size : int, default 4
+    batch_size : int, default 8
+        Halved automatically (then the patch) when CUDA runs out of memory.
     iterations : int or None, default 500
         Optimiser steps; ``None`` = no limit (then ``max_minutes`` is required).
     max_minutes : float or None, default None
         Wall-clock limit; training stops at whichever limit comes first.
-    learning_rate : float, default 1e-3
+    learning_rate : float, default 2e-3
         Peak learning rate of AdamW.
     weight_decay : float, default 1e-4
         AdamW's decoupled weight decay.
@@ -239,15 +251,18 @@ class TrainConfig:
         Clip the global gradient norm to this value (``None`` disables).
     augmentation : Augmentation
         Applied on the training device to every batch.
-    w0, sigma : float, default 10.0, 5.0
-        Border weight map of the U-Net paper (``w0 = 0`` disables it).
-    class_weights : "balanced", None or dict, default "balanced"
+    w0, sigma : float, default 3.0, 5.0
+        Border term of the weight map of the U-Net paper (eq. 2), added to the
+        pixels between the objects (``w0 = 0`` disables it; the paper used 10).
+    class_weights : "balanced", None or dict, default None
         Class-balancing term of the weight map.  ``"balanced"`` computes the
         class frequencies over the *labelled pixels only* (of all training
         slices together), ``w_k = N / (K_present * N_k)``, so sparse scribbles
         are balanced by what was painted rather than by the unlabelled
         background; ``{class: weight}`` gives them explicitly (missing classes
-        get 1); ``None`` = 1 for all.
+        get 1); ``None`` = 1 for all (the default: best pixel error when the
+        painted classes are roughly in proportion; prefer ``"balanced"`` when
+        one class was painted far more than the others).
     object_class : int or None, default None
         The class whose 4-connected components are the objects of the border
         weight map; ``None`` = the last class ("cell").
@@ -284,18 +299,18 @@ class TrainConfig:
     model: str = "small"
     loss: str = "wce+dice"
     patch_size: int | None = None
-    batch_size: int = 4
+    batch_size: int = 8
     iterations: int | None = 500
     max_minutes: float | None = None
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"
     warmup_iterations: int = 20
     grad_clip: float | None = 5.0
     augmentation: Augmentation = field(default_factory=Augmentation)
-    w0: float = 10.0
+    w0: float = 3.0
     sigma: float = 5.0
-    class_weights: str | dict[int, float] | None = "balanced"
+    class_weights: str | dict[int, float] | None = None
     object_class: int | None = None
     n_classes: int | None = None
     class_names: list[str] | None = None
@@ -914,6 +929,7 @@ class Trainer:
         self._slices: dict[int, _Slice] = {}
         self._class_lut = np.ones(n_classes + 1, dtype=np.float32)
         self._warned_bad_labels = False
+        self._warned_empty = False
         for z in train_slices:
             self._slices[z] = self._make_slice(z, raw[z])
         self._update_class_lut()
@@ -954,7 +970,11 @@ class Trainer:
         m = self.model
         h, w = self.slice_shape
         if m.padding == "same":
-            size = DEFAULT_SAME_PATCH if requested is None else requested
+            if requested is None:
+                cuda = self.device.type == "cuda"
+                size = DEFAULT_SAME_PATCH_CUDA if cuda else DEFAULT_SAME_PATCH_CPU
+            else:
+                size = requested
             size = int(m.valid_input_size(int(size)))
             # no point in patches much larger than the slices
             size = min(size, int(m.valid_input_size(max(h, w))))
@@ -1147,11 +1167,14 @@ class Trainer:
             new_slices[z].raw_signature = raw_sig
         if changed:
             if not new_slices:
-                warnings.append(
-                    "all training labels were erased: training continues on the last labels; "
-                    "paint at least one slice"
-                )
+                if not self._warned_empty:
+                    warnings.append(
+                        "all training labels were erased: training continues on the last "
+                        "labels; paint at least one slice"
+                    )
+                    self._warned_empty = True
                 return [], warnings
+            self._warned_empty = False
             self._slices = new_slices
             self._update_class_lut()
         return changed, warnings
