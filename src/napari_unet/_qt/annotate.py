@@ -163,6 +163,7 @@ class AnnotateWidget(UNetWidget):
         self.last_saved_time: float | None = None
         self.save_count = 0
         self._updating_classes = False
+        self._offered: set[Path] = set()
 
         # -- source ---------------------------------------------------------------------
         form = self.add_form()
@@ -734,6 +735,12 @@ class AnnotateWidget(UNetWidget):
             self.autosave_hint.setText(
                 f"Autosaved labels found: {path.name} (restored on 'Create training labels')"
             )
+            if path not in self._offered:
+                self._offered.add(path)
+                self.info(
+                    f"autosaved labels found for {self.state.image_layer.name!r} ({path}): "
+                    "press 'Create training labels' in '1 Annotate' to restore them"
+                )
         else:
             self.autosave_hint.setText("")
         when = (

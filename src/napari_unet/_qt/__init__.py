@@ -1,0 +1,54 @@
+"""Qt widgets of napari-unet (the napari dock widgets and their helpers).
+
+Thin widgets over the Qt-free core: they read layers, call the core in
+``napari.qt.threading`` workers, and turn the results into layers, progress
+bars, plots and notifications.  The seven docks of one viewer share a
+:class:`~napari_unet._qt._state.UNetState` (layers, classes, augmentation,
+model in memory).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import napari
+    from qtpy.QtWidgets import QWidget
+
+PLUGIN = "napari-unet"
+
+#: widget key -> display name in napari.yaml
+WIDGETS: dict[str, str] = {
+    "annotate": "1 Annotate",
+    "augmentation": "2 Preview augmentation",
+    "weightmap": "3 Preview weight map",
+    "train": "4 Train",
+    "predict": "5 Predict",
+    "correct": "6 Correct",
+    "export": "7 Export",
+}
+
+__all__ = ["WIDGETS", "open_all_widgets"]
+
+
+def open_all_widgets(viewer: napari.Viewer) -> dict[str, QWidget]:
+    """Dock the seven napari-unet widgets, tabified in one dock area, Annotate in front.
+
+    Returns
+    -------
+    dict
+        Widget key (``"annotate"``, ``"augmentation"``, ``"weightmap"``,
+        ``"train"``, ``"predict"``, ``"correct"``, ``"export"``) -> widget.
+    """
+    docks = {}
+    widgets: dict[str, QWidget] = {}
+    first = None
+    for key, name in WIDGETS.items():
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=first is not None)
+        if first is None:
+            first = dock
+        docks[key] = dock
+        widgets[key] = widget
+    docks["annotate"].show()
+    docks["annotate"].raise_()
+    return widgets

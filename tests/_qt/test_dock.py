@@ -1,0 +1,60 @@
+"""Every widget of the manifest docks; open_all_widgets; the U-Net menu."""
+
+from __future__ import annotations
+
+import pytest
+from qt_helpers import dock
+from qtpy.QtWidgets import QWidget
+
+from napari_unet._qt import WIDGETS, open_all_widgets
+
+
+@pytest.mark.parametrize("name", list(WIDGETS.values()))
+def test_widget_docks(make_napari_viewer, name: str) -> None:
+    viewer = make_napari_viewer()
+    widget = dock(viewer, name)
+    assert isinstance(widget, QWidget)
+    # docking twice returns the same widget instead of a second copy
+    assert dock(viewer, name) is widget
+
+
+def test_manifest_lists_the_seven_widgets() -> None:
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    names = [w.display_name for w in pm.iter_widgets() if w.plugin_name == "napari-unet"]
+    assert names == list(WIDGETS.values())
+
+
+def test_open_all_widgets_tabified(make_napari_viewer, qtbot) -> None:
+    viewer = make_napari_viewer()
+    widgets = open_all_widgets(viewer)
+    assert list(widgets) == list(WIDGETS)
+    docks = [w.parentWidget() for w in widgets.values()]
+    while not hasattr(docks[0], "isFloating"):  # climb to the QDockWidget
+        docks = [d.parentWidget() for d in docks]
+    main = docks[0].parentWidget()
+    tabbed = main.tabifiedDockWidgets(docks[0])
+    assert set(tabbed) == set(docks[1:])
+    # they share one state
+    states = {id(w.state) for w in widgets.values()}
+    assert len(states) == 1
+
+
+def test_u_net_submenu_in_layers_segment(make_napari_viewer) -> None:
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    app = get_app_model()
+    subs = [getattr(item, "submenu", None) for item in app.menus.get_menu("napari/layers/segment")]
+    assert "napari-unet.menu" in subs
+    commands = [item.command.id for item in app.menus.get_menu("napari-unet.menu")]
+    assert commands == [
+        "napari-unet.annotate",
+        "napari-unet.preview_augmentation",
+        "napari-unet.preview_weights",
+        "napari-unet.train",
+        "napari-unet.predict",
+        "napari-unet.correct",
+        "napari-unet.export",
+    ]
