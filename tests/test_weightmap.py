@@ -10,11 +10,14 @@ from scipy import ndimage as ndi
 
 from napari_unet.weightmap import (
     border_cutoff_radius,
+    border_term,
     border_weight_map,
     border_weight_map_reference,
     border_weight_map_stack,
+    class_weight_lut,
     class_weight_map,
     instances_from_mask,
+    loss_weight_map,
 )
 
 
@@ -224,3 +227,65 @@ def test_stack_is_per_slice() -> None:
     np.testing.assert_array_equal(border_weight_map_stack(slices[0]), border_weight_map(slices[0]))
     with pytest.raises(ValueError):
         border_weight_map_stack(np.zeros((2, 2, 2, 2), np.int32))
+
+
+# ----------------------------------------------------------------------------- training weights
+
+
+def test_loss_weight_map_formula():
+    lab = np.ones((40, 40), np.uint8)
+    lab[5:18, 5:35] = 2
+    lab[20:35, 5:35] = 2
+    lab[0, 0] = 0
+    counts = np.bincount(lab.ravel(), minlength=3)
+    lut = class_weight_lut(counts, 2, "balanced")
+    labelled = counts[1:].sum()
+    np.testing.assert_allclose(lut[1:], labelled / (2 * counts[1:]), rtol=1e-6)
+    assert lut[0] == 0.0
+    w = loss_weight_map(lab, lut, w0=10.0, sigma=5.0, object_class=2)
+    assert w.dtype == np.float32
+    assert w[0, 0] == 0.0  # unlabelled pixels weigh nothing
+    # the thin membrane between the two cells weighs most
+    assert w[19, 20] > w[2, 20] > lut[1]
+    assert np.isclose(w[10, 20], lut[2])  # inside a cell: class weight only
+    # the border term is the paper's, on the 4-connected cells
+    expected = border_weight_map(instances_from_mask(lab == 2), 10.0, 5.0) - 1.0
+    np.testing.assert_allclose(w[19, 20] - lut[1], expected[19, 20], rtol=1e-5)
+    # w0 = 0 or fewer than two cells: no border term
+    assert border_term(lab, 2, w0=0.0) is None
+    one = lab.copy()
+    one[20:35, 5:35] = 1
+    assert border_term(one, 2) is None
+
+
+def test_class_weight_lut_options():
+    counts = np.array([100, 30, 10])
+    np.testing.assert_array_equal(class_weight_lut(counts, 2, None), [0, 1, 1])
+    np.testing.assert_array_equal(class_weight_lut(counts, 2, {2: 4.0}), [0, 1, 4])
+    # a class nobody painted keeps weight 1 under "balanced"
+    np.testing.assert_allclose(class_weight_lut([5, 0, 10], 2, "balanced"), [0, 1, 1])
+    with pytest.raises(ValueError, match=r"classes are 1\.\.2"):
+        class_weight_lut(counts, 2, {3: 1.0})
+    with pytest.raises(ValueError, match="'balanced'"):
+        class_weight_lut(counts, 2, "equal")
+
+
+def test_trainer_uses_the_loss_weight_map():
+    """The weights the trainer feeds the loss are loss_weight_map's, slice by slice."""
+    from napari_unet.sample_data import synthetic_em
+    from napari_unet.training import TrainConfig, Trainer
+
+    image, truth = synthetic_em((4, 96, 96), seed=3)
+    labels = np.zeros_like(truth)
+    labels[1] = truth[1]
+    labels[2, :40] = truth[2, :40]  # a partly painted slice
+    config = TrainConfig(w0=6.0, sigma=4.0, class_weights="balanced", device="cpu")
+    trainer = Trainer(image, labels, config)
+    counts = np.bincount(labels.ravel(), minlength=3)
+    lut = class_weight_lut(counts, 2, "balanced")
+    for z in (1, 2):
+        expected = loss_weight_map(labels[z], lut, w0=6.0, sigma=4.0, object_class=2)
+        np.testing.assert_allclose(trainer.weight_map(z), expected, rtol=1e-6)
+    assert not trainer.weight_map(2)[40:].any()
+    with pytest.raises(ValueError, match="not a training slice"):
+        trainer.weight_map(0)

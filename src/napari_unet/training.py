@@ -53,7 +53,7 @@ from .augment import Augmentation
 from .devices import describe_device, resolve_device
 from .losses import LOSS_MODES, combined_loss
 from .model import UNet
-from .weightmap import border_weight_map, instances_from_mask
+from .weightmap import border_term, class_weight_lut
 
 __all__ = [
     "CheckpointSaved",
@@ -1029,34 +1029,37 @@ class Trainer:
         coords = None
         if n and n < _SPARSE_FRACTION * labels.size:
             coords = np.flatnonzero(labels).astype(np.int32 if labels.size < 2**31 else np.int64)
-        border = None
-        if cfg.loss != "dice" and cfg.w0 > 0 and n:
-            instances = instances_from_mask(labels == self.object_class)
-            wmap = border_weight_map(instances, cfg.w0, cfg.sigma, class_weights=None)
-            wmap -= 1.0  # keep only the border term; class weights are applied per patch
-            border = wmap if np.any(wmap > 0) else None
+        border = None  # the border term alone; class weights are applied per patch
+        if cfg.loss != "dice" and n:
+            border = border_term(labels, self.object_class, cfg.w0, cfg.sigma)
         return _Slice(z, image, labels, sig, n, counts.astype(np.int64), coords, border)
 
     def _update_class_lut(self) -> None:
-        cw = self.config.class_weights
-        lut = np.ones(self.n_classes + 1, dtype=np.float32)
-        if cw == "balanced":
-            counts = sum((s.class_counts for s in self._slices.values()), np.zeros(1, np.int64))
-            counts = np.asarray(counts, dtype=np.float64)[1:]
-            present = counts > 0
-            if present.any():
-                total = counts[present].sum()
-                lut[1:][present] = (total / (present.sum() * counts[present])).astype(np.float32)
-        elif isinstance(cw, Mapping):
-            for k, v in cw.items():
-                lut[int(k)] = float(v)
-        lut[0] = 0.0
-        self._class_lut = lut
+        counts = sum((s.class_counts for s in self._slices.values()), np.zeros(1, np.int64))
+        self._class_lut = class_weight_lut(counts, self.n_classes, self.config.class_weights)
 
     # ------------------------------------------------------------------ public API
     def stop(self) -> None:
         """Ask :meth:`run` to finish after the current iteration (thread-safe)."""
         self._stop_event.set()
+
+    def weight_map(self, z: int) -> np.ndarray:
+        """The per-pixel weight the weighted cross-entropy gives training slice ``z``.
+
+        Class weights (over the labelled pixels of all training slices) plus
+        the border term of the paper, 0 where the slice is unlabelled; what the
+        weight-map preview shows (:func:`napari_unet.weightmap.loss_weight_map`).
+        """
+        if z not in self._slices:
+            raise ValueError(
+                f"slice {z} is not a training slice (labelled slices: {sorted(self._slices)})"
+            )
+        s = self._slices[z]
+        weights = self._class_lut[s.labels]
+        if s.border is not None:
+            weights = weights + s.border
+            weights[s.labels == 0] = 0.0  # the loss ignores them anyway
+        return weights.astype(np.float32, copy=False)
 
     @property
     def stopping(self) -> bool:

@@ -34,11 +34,14 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "border_cutoff_radius",
+    "border_term",
     "border_weight_map",
     "border_weight_map_reference",
     "border_weight_map_stack",
+    "class_weight_lut",
     "class_weight_map",
     "instances_from_mask",
+    "loss_weight_map",
 ]
 
 ClassWeights = str | Mapping[Any, float] | None
@@ -410,3 +413,96 @@ def border_weight_map_stack(
     for z in range(arr.shape[0]):
         out[z] = border_weight_map(arr[z], w0, sigma, class_weights, tol=tol)
     return out
+
+
+# ----------------------------------------------------------------------------- training weights
+
+
+def class_weight_lut(counts: Any, n_classes: int, class_weights: ClassWeights = None) -> np.ndarray:
+    """Class weights of the training loss as a look-up table ``lut[k]`` for labels ``0..K``.
+
+    ``counts[k]`` is the number of *labelled* pixels of value ``k`` over all
+    training slices (``counts[0]``, the unlabelled pixels, is not used).
+    ``class_weights=None``: 1 for every class; ``"balanced"``:
+    ``w_k = N / (K_present * N_k)`` over the classes present in the labels, so
+    sparse scribbles are balanced by what was painted; a mapping
+    ``{class: weight}`` sets them explicitly (missing classes get 1).
+    ``lut[0]`` is 0: unlabelled pixels carry no weight.
+    """
+    k = int(n_classes)
+    if k < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    lut = np.ones(k + 1, dtype=np.float32)
+    if isinstance(class_weights, str):
+        if class_weights != "balanced":
+            raise ValueError(
+                f"class_weights must be None, 'balanced' or a mapping, got {class_weights!r}"
+            )
+        c = np.zeros(k + 1, dtype=np.float64)
+        given = np.asarray(counts, dtype=np.float64).ravel()
+        m = min(len(c), len(given))
+        c[:m] = given[:m]
+        c = c[1:]
+        present = c > 0
+        if present.any():
+            total = c[present].sum()
+            lut[1:][present] = (total / (present.sum() * c[present])).astype(np.float32)
+    elif isinstance(class_weights, Mapping):
+        for key, value in class_weights.items():
+            cls = int(key)
+            if not 1 <= cls <= k:
+                raise ValueError(f"class_weights names class {cls}: classes are 1..{k}")
+            lut[cls] = float(value)
+    elif class_weights is not None:
+        raise ValueError(
+            f"class_weights must be None, 'balanced' or a mapping, got {class_weights!r}"
+        )
+    lut[0] = 0.0
+    return lut
+
+
+def border_term(
+    labels: np.ndarray, object_class: int, w0: float = 10.0, sigma: float = 5.0
+) -> np.ndarray | None:
+    """The border term ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` alone, for a class-labelled slice.
+
+    The objects are the 4-connected components of ``labels == object_class``
+    (:func:`instances_from_mask`); the term is 0 on the objects.  Returns
+    ``None`` when it is zero everywhere (``w0 == 0``, fewer than two objects),
+    so callers can skip adding it.
+    """
+    lab = np.asarray(labels)
+    if w0 <= 0 or not np.any(lab):
+        return None
+    instances = instances_from_mask(lab == object_class)
+    term = border_weight_map(instances, w0, sigma, class_weights=None)
+    term -= 1.0
+    return term if np.any(term > 0) else None
+
+
+def loss_weight_map(
+    labels: np.ndarray,
+    lut: np.ndarray,
+    *,
+    w0: float,
+    sigma: float,
+    object_class: int,
+) -> np.ndarray:
+    """The per-pixel weight of the weighted cross-entropy for one class-labelled slice.
+
+    ``lut[labels] + border_term(labels, object_class, w0, sigma)``, 0 where the
+    slice is unlabelled (label 0): exactly what
+    :class:`napari_unet.training.Trainer` feeds the loss (see
+    :meth:`~napari_unet.training.Trainer.weight_map`) and what the weight-map
+    preview shows.
+    """
+    lab = np.asarray(labels)
+    lut = np.asarray(lut, dtype=np.float32)
+    k = len(lut) - 1
+    clipped = np.where((lab >= 0) & (lab <= k), lab, 0)
+    weights = lut[clipped]
+    border = border_term(lab, object_class, w0, sigma)
+    if border is not None:
+        weights = weights + border
+    weights[lab == 0] = 0.0
+    return weights.astype(np.float32, copy=False)

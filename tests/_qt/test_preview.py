@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from qt_helpers import dock, paint
 
-from napari_unet._qt._compute import class_weight_lut, training_weight_map
+from napari_unet.training import TrainConfig, Trainer
 
 
 def test_augmentation_preview_placement_and_sharing(viewer_with_stack, qtbot):
@@ -55,8 +55,9 @@ def test_weight_map_current_slice_matches_the_trainer_formula(viewer_with_stack,
     qtbot.waitUntil(lambda: wm.compute_count >= 1, timeout=30_000)
     assert wm.layer.data.shape == (1, 128, 128)
     assert wm.layer.translate[0] == 6.0
-    lut = class_weight_lut(np.bincount(truth[3].ravel(), minlength=3), 2, None)
-    expected = training_weight_map(truth[3], w0=8.0, sigma=4.0, lut=lut, object_class=2)
+    # exactly what the trainer feeds its loss for these labels and settings
+    config = TrainConfig(w0=8.0, sigma=4.0, class_weights=None, device="cpu")
+    expected = Trainer(_image.data, np.asarray(labels.data), config).weight_map(3)
     np.testing.assert_allclose(wm.layer.data[0], expected, rtol=1e-6)
     assert wm.state.weight_settings == {
         "w0": 8.0,
@@ -69,17 +70,3 @@ def test_weight_map_current_slice_matches_the_trainer_formula(viewer_with_stack,
     wm.w0.setValue(2.0)
     qtbot.waitUntil(lambda: wm.layer.data.max() < expected.max() - 1, timeout=30_000)
     assert wm.layer is layer
-
-
-def test_weight_map_formula():
-    lab = np.zeros((40, 40), np.uint8)
-    lab[:, :] = 1
-    lab[5:18, 5:35] = 2
-    lab[20:35, 5:35] = 2
-    lab[0, 0] = 0
-    lut = class_weight_lut(np.bincount(lab.ravel(), minlength=3), 2, "balanced")
-    w = training_weight_map(lab, w0=10.0, sigma=5.0, lut=lut, object_class=2)
-    assert w[0, 0] == 0.0  # unlabelled
-    # the thin membrane between the two cells weighs most
-    assert w[19, 20] > w[2, 20] > 0
-    assert np.isclose(w[10, 20], lut[2])

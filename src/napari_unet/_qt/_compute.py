@@ -1,72 +1,18 @@
 """Qt-free computations run inside the widgets' worker threads.
 
-Thin glue around the core modules: the weight map exactly as
-:class:`napari_unet.training.Trainer` builds it (class-balancing look-up table
-over the labelled pixels + the border term of the U-Net paper on the objects of
-the object class), and a tiny warm-up forward pass.
+Thin glue around the core modules: per-slice label counts (for the class
+balance of the weight-map preview, which itself calls
+:func:`napari_unet.weightmap.loss_weight_map`, the trainer's formula) and a
+tiny warm-up forward pass.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
-from ..weightmap import border_weight_map, instances_from_mask
-
-
-def class_weight_lut(
-    counts: np.ndarray, n_classes: int, class_weights: str | Mapping[int, float] | None
-) -> np.ndarray:
-    """``lut[k]`` = class weight of class ``k`` (``lut[0] = 0``), as the trainer computes it.
-
-    ``counts`` are the numbers of labelled pixels per value ``0..K`` over all
-    training slices.  ``"balanced"``: ``w_k = N / (K_present * N_k)``.
-    """
-    lut = np.ones(n_classes + 1, dtype=np.float32)
-    if class_weights == "balanced":
-        c = np.zeros(n_classes + 1, dtype=np.float64)
-        m = min(len(c), len(counts))
-        c[:m] = counts[:m]
-        c = c[1:]
-        present = c > 0
-        if present.any():
-            total = c[present].sum()
-            lut[1:][present] = (total / (present.sum() * c[present])).astype(np.float32)
-    elif isinstance(class_weights, Mapping):
-        for k, v in class_weights.items():
-            if 0 < int(k) <= n_classes:
-                lut[int(k)] = float(v)
-    lut[0] = 0.0
-    return lut
-
-
-def training_weight_map(
-    labels2d: np.ndarray,
-    *,
-    w0: float,
-    sigma: float,
-    lut: np.ndarray,
-    object_class: int,
-) -> np.ndarray:
-    """The per-pixel loss weight the trainer uses for one labelled slice.
-
-    ``lut[labels] + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` on the background of
-    the object class; unlabelled pixels (ignored by the loss) are 0.
-    """
-    lab = np.asarray(labels2d)
-    k = len(lut) - 1
-    clipped = np.where((lab >= 0) & (lab <= k), lab, 0)
-    w = lut[clipped].astype(np.float32)
-    if w0 > 0 and np.any(lab):
-        instances = instances_from_mask(lab == object_class)
-        border = border_weight_map(instances, w0, sigma, class_weights=None) - 1.0
-        if np.any(border > 0):
-            w += border.astype(np.float32)
-    w[lab == 0] = 0.0
-    return w
 
 
 def slice_counts(

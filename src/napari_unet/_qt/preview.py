@@ -32,13 +32,14 @@ from qtpy.QtWidgets import (
 )
 
 from ..augment import Augmentation
+from ..weightmap import class_weight_lut, loss_weight_map
 from ._common import (
     Debounce,
     current_z,
     friendly_error,
     label_colormap,
 )
-from ._compute import class_weight_lut, slice_counts, training_weight_map, warm_torch
+from ._compute import slice_counts, warm_torch
 from ._widgets import UNetWidget
 from ._workers import Job
 
@@ -125,7 +126,7 @@ def _augmentation_job(
         w0, sigma, cw, obj, k = weight_args
         total = sum(counts.values()) if counts else np.bincount(labels2d.ravel(), minlength=k + 1)
         lut = class_weight_lut(np.asarray(total), k, cw)
-        weight = training_weight_map(labels2d, w0=w0, sigma=sigma, lut=lut, object_class=obj)
+        weight = loss_weight_map(labels2d, w0=w0, sigma=sigma, lut=lut, object_class=obj)
     lab = None
     if labels2d is not None:
         lab = labels2d if labels2d.dtype.kind in "iu" else labels2d.astype(np.int32)
@@ -444,14 +445,12 @@ def _weight_map_job(
         view = out if out.ndim >= 3 else out[None]
         for z in sorted(counts):
             lab = _read_slice(labels, z)
-            view[z] = training_weight_map(
-                lab, w0=w0, sigma=sigma, lut=lut, object_class=object_class
-            )
+            view[z] = loss_weight_map(lab, w0=w0, sigma=sigma, lut=lut, object_class=object_class)
         yield (request, None, out, sorted(counts))
         return
     z = zs[0]
     lab = _read_slice(labels, z)
-    w = training_weight_map(lab, w0=w0, sigma=sigma, lut=lut, object_class=object_class)
+    w = loss_weight_map(lab, w0=w0, sigma=sigma, lut=lut, object_class=object_class)
     yield (request, z, w[None], [z] if z in counts else [])
 
 
