@@ -11,7 +11,10 @@ from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
+    QProgressBar,
+    QPushButton,
     QSizePolicy,
     QVBoxLayout,
     QWidget,
@@ -156,6 +159,32 @@ class UNetWidget(QWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.layout().addLayout(form)
         return form
+
+    def add_run_row(self, start: str, stop: str) -> tuple[QPushButton, QPushButton, QProgressBar]:
+        """A start and a (disabled) stop button side by side, and a progress bar below."""
+        row = QHBoxLayout()
+        start_btn = QPushButton(start)
+        stop_btn = QPushButton(stop)
+        stop_btn.setEnabled(False)
+        row.addWidget(start_btn)
+        row.addWidget(stop_btn)
+        self.layout().addLayout(row)
+        progress = QProgressBar()
+        progress.setRange(0, 1)
+        progress.setValue(0)
+        self.layout().addWidget(progress)
+        return start_btn, stop_btn, progress
+
+    def grayscale_image(self, missing: str) -> Any:
+        """The chosen image layer if it is a grayscale stack; else notify (``missing``) and None."""
+        image = self.state.image_layer
+        if image is None:
+            self.error(missing)
+            return None
+        if getattr(image, "rgb", False):
+            self.error(f"image {image.name!r} is RGB: napari-unet needs a grayscale stack")
+            return None
+        return image
 
     def finish_layout(self) -> None:
         self.layout().addWidget(self.status)

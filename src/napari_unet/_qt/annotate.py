@@ -384,12 +384,10 @@ class AnnotateWidget(UNetWidget):
 
     def create_labels(self) -> Labels | None:
         """Create the training Labels layer for the current image (restoring an autosave)."""
-        image = self.state.image_layer
+        image = self.grayscale_image(
+            "no image layer: open a stack (File > Open) or a sample, then create labels"
+        )
         if image is None:
-            self.error("no image layer: open a stack (File > Open) or a sample, then create labels")
-            return None
-        if getattr(image, "rgb", False):
-            self.error(f"image {image.name!r} is RGB: napari-unet needs a grayscale stack")
             return None
         shape = tuple(image.data.shape)
         data = np.zeros(shape, dtype=np.uint8)

@@ -29,7 +29,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QWidget,
@@ -224,17 +223,7 @@ class PredictWidget(UNetWidget):
             "auto: stream into a temporary zarr array for lazily loaded or very large stacks"
         )
         form.addRow("Result storage", self.storage)
-        row = QHBoxLayout()
-        self.predict_btn = QPushButton("Predict")
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        row.addWidget(self.predict_btn)
-        row.addWidget(self.cancel_btn)
-        self.layout().addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.layout().addWidget(self.progress)
+        self.predict_btn, self.cancel_btn, self.progress = self.add_run_row("Predict", "Cancel")
         self.finish_layout()
 
         self._refresh = Throttle(self._refresh_layers, 250, self)
@@ -314,12 +303,8 @@ class PredictWidget(UNetWidget):
         if self.busy():
             self.warning("a prediction is already running: Cancel it first")
             return None
-        image = self.state.image_layer
+        image = self.grayscale_image("no image layer: open a stack and pick it in '1 Annotate'")
         if image is None:
-            self.error("no image layer: open a stack and pick it in '1 Annotate'")
-            return None
-        if getattr(image, "rgb", False):
-            self.error(f"image {image.name!r} is RGB: napari-unet needs a grayscale stack")
             return None
         model = metadata = None
         ckpt = None

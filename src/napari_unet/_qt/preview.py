@@ -301,12 +301,8 @@ class AugmentationPreviewWidget(UNetWidget):
 
     def compute(self, z: int | None = None) -> Job | None:
         """Start computing the preview of slice ``z`` (default: the current one)."""
-        image = self.state.image_layer
+        image = self.grayscale_image("no image layer: open a stack and pick it in '1 Annotate'")
         if image is None:
-            self.error("no image layer: open a stack and pick it in '1 Annotate'")
-            return None
-        if getattr(image, "rgb", False):
-            self.error(f"image {image.name!r} is RGB: napari-unet needs a grayscale stack")
             return None
         z = current_z(self.viewer, image) if z is None else int(z)
         self._anchor = z

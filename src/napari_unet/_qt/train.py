@@ -34,7 +34,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QWidget,
@@ -317,17 +316,7 @@ class TrainWidget(UNetWidget):
         form.addRow("CPU threads", self.threads)
 
         # -- run ----------------------------------------------------------------------------
-        row = QHBoxLayout()
-        self.start_btn = QPushButton("Start training")
-        self.stop_btn = QPushButton("Stop")
-        self.stop_btn.setEnabled(False)
-        row.addWidget(self.start_btn)
-        row.addWidget(self.stop_btn)
-        self.layout().addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.layout().addWidget(self.progress)
+        self.start_btn, self.stop_btn, self.progress = self.add_run_row("Start training", "Stop")
         self.run_label = QLabel("")
         self.run_label.setWordWrap(True)
         self.layout().addWidget(self.run_label)
