@@ -58,3 +58,13 @@ def test_u_net_submenu_in_layers_segment(make_napari_viewer) -> None:
         "napari-unet.correct",
         "napari-unet.export",
     ]
+
+
+def test_train_dock_starts_from_the_train_config_defaults(make_napari_viewer) -> None:
+    from napari_unet.training import TrainConfig
+
+    tr = dock(make_napari_viewer(), "4 Train")
+    defaults = TrainConfig()
+    assert tr.batch.value() == defaults.batch_size
+    assert tr.iterations.value() == defaults.iterations
+    assert float(tr.lr.text()) == defaults.learning_rate

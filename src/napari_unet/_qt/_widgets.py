@@ -13,6 +13,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -108,6 +109,18 @@ class LayerCombo(QComboBox):
 
     def _emit(self, *_: Any) -> None:
         self.layer_changed.emit(self.value)
+
+
+def path_row(placeholder: str) -> tuple[QHBoxLayout, QLineEdit, QPushButton]:
+    """A path field with a narrow browse button ("…") beside it."""
+    row = QHBoxLayout()
+    edit = QLineEdit()
+    edit.setPlaceholderText(placeholder)
+    button = QPushButton("…")
+    button.setMaximumWidth(30)
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row, edit, button
 
 
 class UNetWidget(QWidget):

@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -54,7 +53,7 @@ from ._common import (
     spatial_kwargs,
 )
 from ._state import is_generated, is_source_image
-from ._widgets import LayerCombo, UNetWidget
+from ._widgets import LayerCombo, UNetWidget, path_row
 from ._workers import Job
 
 if TYPE_CHECKING:
@@ -246,14 +245,10 @@ class AnnotateWidget(UNetWidget):
         arow.addWidget(self.interval_spin)
         arow.addStretch(1)
         f3.addLayout(arow)
-        drow = QHBoxLayout()
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText(f"next to the stack, else {default_autosave_dir()}")
-        self.folder_btn = QPushButton("…")
-        self.folder_btn.setMaximumWidth(30)
-        drow.addWidget(QLabel("Project folder"))
-        drow.addWidget(self.folder_edit, 1)
-        drow.addWidget(self.folder_btn)
+        drow, self.folder_edit, self.folder_btn = path_row(
+            f"next to the stack, else {default_autosave_dir()}"
+        )
+        drow.insertWidget(0, QLabel("Project folder"))
         f3.addLayout(drow)
         self.autosave_label = QLabel("")
         self.autosave_label.setWordWrap(True)

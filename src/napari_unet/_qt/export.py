@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 
 from ..io import InvalidImageError, atomic_write, smallest_unsigned_dtype, write_labels_tiff
 from ._common import friendly_error, sanitize_name
-from ._widgets import UNetWidget
+from ._widgets import UNetWidget, path_row
 from ._workers import Job
 
 if TYPE_CHECKING:
@@ -165,13 +165,7 @@ class ExportWidget(UNetWidget):
         form.addRow(prow)
         self.model = QCheckBox("model checkpoint (.pt)")
         form.addRow(self.model)
-        frow = QHBoxLayout()
-        self.folder = QLineEdit()
-        self.folder.setPlaceholderText("output folder")
-        self.folder_btn = QPushButton("…")
-        self.folder_btn.setMaximumWidth(30)
-        frow.addWidget(self.folder, 1)
-        frow.addWidget(self.folder_btn)
+        frow, self.folder, self.folder_btn = path_row("output folder")
         form.addRow("Folder", frow)
         self.base = QLineEdit()
         self.base.setPlaceholderText("file name prefix (default: the image name)")

@@ -29,7 +29,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QWidget,
 )
@@ -45,7 +44,7 @@ from ._common import (
     visible_z_range,
 )
 from ._compute import warm_torch
-from ._widgets import UNetWidget
+from ._widgets import UNetWidget, path_row
 from ._workers import Job
 
 if TYPE_CHECKING:
@@ -177,13 +176,7 @@ class PredictWidget(UNetWidget):
         self.source = QComboBox()
         self.source.addItems(list(SOURCES))
         form.addRow("Model", self.source)
-        crow = QHBoxLayout()
-        self.ckpt_edit = QLineEdit()
-        self.ckpt_edit.setPlaceholderText("checkpoint .pt")
-        self.ckpt_btn = QPushButton("…")
-        self.ckpt_btn.setMaximumWidth(30)
-        crow.addWidget(self.ckpt_edit, 1)
-        crow.addWidget(self.ckpt_btn)
+        crow, self.ckpt_edit, self.ckpt_btn = path_row("checkpoint .pt")
         form.addRow("Checkpoint", crow)
         self.model_label = QLabel("")
         self.model_label.setWordWrap(True)

@@ -34,7 +34,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QWidget,
 )
@@ -50,7 +49,7 @@ from ._common import (
     sanitize_name,
 )
 from ._compute import warm_torch
-from ._widgets import CurvePlot, UNetWidget
+from ._widgets import CurvePlot, UNetWidget, path_row
 from ._workers import Job
 
 if TYPE_CHECKING:
@@ -226,18 +225,16 @@ class TrainWidget(UNetWidget):
         #: slices whose newly painted labels the running trainer picked up
         self.labels_changed_slices: list[int] = []
 
+        from ..training import TrainConfig
+
+        defaults = TrainConfig()  # the dock starts from the same defaults as the API and CLI
+
         # -- model -----------------------------------------------------------------------
         form = self.add_form()
         self.model_combo = QComboBox()
         self.model_combo.addItems(list(MODEL_CHOICES))
         form.addRow("Model", self.model_combo)
-        crow = QHBoxLayout()
-        self.ckpt_edit = QLineEdit()
-        self.ckpt_edit.setPlaceholderText("checkpoint .pt to fine-tune")
-        self.ckpt_btn = QPushButton("…")
-        self.ckpt_btn.setMaximumWidth(30)
-        crow.addWidget(self.ckpt_edit, 1)
-        crow.addWidget(self.ckpt_btn)
+        crow, self.ckpt_edit, self.ckpt_btn = path_row("checkpoint .pt to fine-tune")
         form.addRow("Checkpoint", crow)
         self.loss_combo = QComboBox()
         self.loss_combo.addItems(list(LOSS_CHOICES))
@@ -247,17 +244,19 @@ class TrainWidget(UNetWidget):
         self.patch.setSingleStep(32)
         self.patch.setValue(0)
         self.patch.setSpecialValueText("auto")
-        self.patch.setToolTip("input patch side in pixels (auto: 256 small / 572 paper)")
+        self.patch.setToolTip(
+            "input patch side in pixels (auto: small preset 128 on a CPU, 256 on CUDA; paper 572)"
+        )
         form.addRow("Patch size", self.patch)
         self.batch = QSpinBox()
         self.batch.setRange(1, 256)
-        self.batch.setValue(4)
+        self.batch.setValue(defaults.batch_size)
         form.addRow("Batch size", self.batch)
         lrow = QHBoxLayout()
         self.iterations = QSpinBox()
         self.iterations.setRange(0, 10_000_000)
         self.iterations.setSingleStep(100)
-        self.iterations.setValue(500)
+        self.iterations.setValue(defaults.iterations or 0)
         self.iterations.setSpecialValueText("no limit")
         self.minutes = QDoubleSpinBox()
         self.minutes.setRange(0.0, 100_000.0)
@@ -269,7 +268,7 @@ class TrainWidget(UNetWidget):
         lrow.addWidget(QLabel("or"))
         lrow.addWidget(self.minutes, 1)
         form.addRow("Iterations", lrow)
-        self.lr = QLineEdit("1e-3")
+        self.lr = QLineEdit(f"{defaults.learning_rate:g}")
         form.addRow("Learning rate", self.lr)
         self.augment = QCheckBox("augment (settings in '2 Preview augmentation')")
         self.augment.setChecked(True)
@@ -287,13 +286,9 @@ class TrainWidget(UNetWidget):
         self.device_label = QLabel("…")
         self.device_label.setWordWrap(True)
         form.addRow("", self.device_label)
-        drow = QHBoxLayout()
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("next to the stack (else a temporary folder)")
-        self.folder_btn = QPushButton("…")
-        self.folder_btn.setMaximumWidth(30)
-        drow.addWidget(self.folder_edit, 1)
-        drow.addWidget(self.folder_btn)
+        drow, self.folder_edit, self.folder_btn = path_row(
+            "next to the stack (else a temporary folder)"
+        )
         form.addRow("Checkpoints", drow)
         self.preview_every = QDoubleSpinBox()
         self.preview_every.setRange(0.0, 3600.0)
