@@ -14,6 +14,7 @@ import torch
 from napari_unet.model import UNet
 from napari_unet.tiling import (
     PredictionCancelled,
+    TilingWarning,
     exact_overlap,
     plan_tiles,
     predict_dask,
@@ -457,6 +458,27 @@ def test_cuda_matches_cpu(valid3, same4):
         whole = predict_tiled(net, img, normalization=NORM, device="cuda", tile_size=1024)
         tiled = predict_tiled(net, img, normalization=NORM, device="cuda", tile_size=128)
         assert (whole == tiled).mean() > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_real_out_of_memory_shrinks_and_matches(same4):
+    """A real CUDA OOM (allocator capped): the batch is halved, then the tile,
+    and the labels equal the uncapped prediction."""
+    vol = np.random.default_rng(3).random((1, 4096, 4096)).astype(np.float32)
+    kwargs = {"normalization": NORM, "device": "cuda", "amp": False}
+    reference = predict_tiled(same4, vol, tile_size=512, batch_size=1, **kwargs)
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(0.5 * 2**30 / total)  # ~0.5 GiB
+    try:
+        with pytest.warns(TilingWarning, match="CUDA out of memory") as record:
+            capped = predict_tiled(same4, vol, tile_size=4096, batch_size=16, **kwargs)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    messages = [str(w.message) for w in record]
+    assert any("tile reduced" in m or "batch size reduced" in m for m in messages), messages
+    assert (capped == reference).mean() > 0.999
 
 
 # --------------------------------------------------------------------------- errors

@@ -14,6 +14,7 @@ import torch
 from napari_unet import metrics
 from napari_unet.augment import Augmentation
 from napari_unet.checkpoint import load_checkpoint
+from napari_unet.devices import cpu_has_native_bf16, training_amp_dtype
 from napari_unet.model import UNet
 from napari_unet.sample_data import synthetic_em
 from napari_unet.tiling import predict_tiled
@@ -207,6 +208,87 @@ def test_cpu_reproducible(stack):
     a, b, c = first_losses(7), first_losses(7), first_losses(8)
     assert a == b
     assert a != c
+
+
+def test_cpu_precision_and_memory_format(stack):
+    """amp=True trains in bfloat16 on CPUs that compute it natively, float32 elsewhere;
+    both in channels_last, and both learn."""
+    image, truth = stack
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    native = cpu_has_native_bf16()
+    assert training_amp_dtype(torch.device("cpu"), False) is None
+    assert training_amp_dtype(torch.device("cpu"), True) == (torch.bfloat16 if native else None)
+    finals = {}
+    for amp in (True, False):
+        trainer = Trainer(image, labels, config(iterations=40, amp=amp, seed=1), model=tiny_net())
+        conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        events = run_all(trainer)
+        expected = "bfloat16" if (amp and native) else "float32"
+        assert events[0].precision == expected
+        losses = losses_of(events)
+        assert all(np.isfinite(losses))
+        assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), (amp, losses)
+        finals[amp] = np.mean(losses[-5:])
+    # mixed precision does not cost the fit: final losses within 25 % of each other
+    assert abs(finals[True] - finals[False]) < 0.25 * finals[False], finals
+    # channels_last weights load into a freshly built (contiguous) network
+    fresh = tiny_net(seed=5)
+    fresh.load_state_dict(trainer.model.state_dict())
+    x = torch.randn(1, 1, 32, 32)
+    trainer.model.eval(), fresh.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), trainer.model(x))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@CUDA
+def test_cuda_mixed_precision_training(stack):
+    image, truth = stack
+    labels = np.zeros_like(truth)
+    labels[0], labels[1] = truth[0], truth[1]
+    trainer = Trainer(
+        image, labels, config(iterations=60, device="cuda", learning_rate=3e-3), model=tiny_net()
+    )
+    events = run_all(trainer)
+    started = events[0]
+    assert started.device.startswith("cuda")
+    assert started.precision == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    losses = losses_of(events)
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert next(trainer.model.parameters()).is_cuda
+    pred = predict_tiled(
+        trainer.model, image[4], device="cuda", normalization=trainer.normalization
+    )
+    majority = np.bincount(truth[4].ravel()).argmax()
+    baseline = metrics.pixel_error(np.full_like(truth[4], majority), truth[4])
+    assert metrics.pixel_error(pred, truth[4]) < 0.75 * baseline
+
+
+@CUDA
+def test_cuda_real_out_of_memory_halves_the_batch():
+    """A real CUDA OOM (the allocator capped to a sliver of the card): training
+    halves the batch, reports it, and finishes."""
+    image, truth = synthetic_em((2, 512, 512), seed=3, cell_size=40)
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    # about 1.2 GiB: batch 64 of 512 px patches of the "small" preset needs several GiB
+    torch.cuda.set_per_process_memory_fraction(1.2 * 2**30 / total)
+    try:
+        cfg = config(iterations=3, device="cuda", batch_size=64, patch_size=512, model="small")
+        events = run_all(Trainer(image, labels, cfg))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    warnings = [e.message for e in events if isinstance(e, TrainingWarning)]
+    assert warnings and all(w.startswith("CUDA out of memory: retrying with") for w in warnings)
+    assert isinstance(events[-1], Finished) and events[-1].iterations == 3
 
 
 # --------------------------------------------------------------------------- control

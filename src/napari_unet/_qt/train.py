@@ -630,7 +630,7 @@ class TrainWidget(UNetWidget):
             self.run_label.setText(
                 f"{ev.device_description} · {ev.n_parameters / 1e6:.2f} M parameters · "
                 f"{len(ev.labelled_slices)} labelled slice(s), {ev.n_labelled_pixels:,} px · "
-                f"patch {ev.patch_size} · batch {ev.batch_size}"
+                f"patch {ev.patch_size} · batch {ev.batch_size} · {ev.precision}"
             )
             self.device_label.setText(ev.device_description)
         elif kind == "validation":

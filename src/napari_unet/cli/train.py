@@ -400,7 +400,7 @@ def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
                     f"training on {event.device_description}: {event.n_parameters:,} parameters, "
                     f"slices {format_slices(event.labelled_slices)} "
                     f"({event.n_labelled_pixels:,} labelled pixels), patch {event.patch_size}, "
-                    f"batch {event.batch_size}, {' or '.join(limit)}"
+                    f"batch {event.batch_size}, {event.precision}, {' or '.join(limit)}"
                 )
             elif isinstance(event, Validation):
                 m = event.metrics
