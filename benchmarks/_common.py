@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ISBI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+#: ``../shared/data/isbi2012`` beside the checkout, or ``$NAPARI_UNET_ISBI_DIR``
+ISBI_DIR = Path(
+    os.environ.get("NAPARI_UNET_ISBI_DIR")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+)
 
 
 def machine() -> dict[str, Any]:

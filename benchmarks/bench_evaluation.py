@@ -204,7 +204,7 @@ def run_ours(
     import torch
 
     from napari_unet.tiling import predict_tiled
-    from napari_unet.training import Finished, Iteration, TrainConfig, Trainer
+    from napari_unet.training import Finished, Iteration, TrainConfig, Trainer, TrainingStarted
 
     torch.manual_seed(0)
     config = TrainConfig(max_minutes=minutes, iterations=None, device=device, preview_every_s=0.0)
@@ -212,8 +212,11 @@ def run_ours(
     trainer = Trainer(image, labels, config)
     last: Iteration | None = None
     finished: Finished | None = None
+    started: TrainingStarted | None = None
     for event in trainer.run():
-        if isinstance(event, Iteration):
+        if isinstance(event, TrainingStarted):
+            started = event
+        elif isinstance(event, Iteration):
             last = event
         elif isinstance(event, Finished):
             finished = event
@@ -227,6 +230,15 @@ def run_ours(
         tta=False,
     )
     predict_s = time.perf_counter() - t1
+    # the same model with test-time augmentation (8 flips/rotations, `--tta`), for reference
+    pred_tta = predict_tiled(
+        trainer.model,
+        image[list(EVAL_SLICES)],
+        device=device,
+        normalization=trainer.normalization,
+        tta=True,
+    )
+    tta = _metrics(np.asarray(pred_tta), truth[list(EVAL_SLICES)])
     n_lab = sum(int(np.count_nonzero(labels[z])) for z in TRAIN_SLICES)
     n_all = len(TRAIN_SLICES) * int(np.prod(labels.shape[1:]))
     return {
@@ -238,7 +250,10 @@ def run_ours(
         "train_s": round(train_s, 1),
         "predict_s": round(predict_s, 1),
         "labelled_pct": round(100.0 * n_lab / n_all, 2),
+        "precision": started.precision if started else None,
         **_metrics(np.asarray(pred), truth[list(EVAL_SLICES)]),
+        "tta_pixel_error": tta["pixel_error"],
+        "tta_membrane_iou": tta["membrane_iou"],
     }
 
 
@@ -431,6 +446,7 @@ def run(
     *,
     minutes: float | None = None,
     only: str | list[str] | None = None,
+    devices: str = "all",
     write_docs: bool = True,
 ) -> dict[str, Any]:
     """Run the evaluation; returns ``{"name", "rows", "note", ...}``.
@@ -443,6 +459,9 @@ def run(
         Override every training budget (CPU and GPU).
     only : "a,b" or list, optional
         Run only these methods (a, b, c, d).
+    devices : {"all", "cpu", "cuda"}
+        ``"cuda"``: only the GPU row of (a) (for a run on a GPU machine);
+        ``"cpu"``: no GPU row; ``"all"``: the GPU row too when CUDA is available.
     write_docs : bool
         Write ``docs/EVALUATION.md``.
     """
@@ -460,7 +479,14 @@ def run(
         raise ValueError(f"unknown method(s) {bad}: choose from {', '.join(METHODS)}")
     cpu_min = minutes if minutes is not None else (QUICK_MINUTES if quick else CPU_MINUTES)
     gpu_min = minutes if minutes is not None else (QUICK_MINUTES if quick else GPU_MINUTES)
-    has_gpu = torch.cuda.is_available()
+    if devices not in ("all", "cpu", "cuda"):
+        raise ValueError(f"devices must be 'all', 'cpu' or 'cuda', got {devices!r}")
+    has_gpu = torch.cuda.is_available() and devices != "cpu"
+    if devices == "cuda":
+        if not has_gpu:
+            raise ValueError("devices='cuda' but no CUDA GPU is available")
+        wanted = [m for m in wanted if m == "a"]
+    run_cpu = devices != "cuda"
 
     image, truth = load_isbi()
     d = isbi_dir()
@@ -468,12 +494,13 @@ def run(
     t_all = time.perf_counter()
     if "a" in wanted:
         data = _dense_training_labels(d / "train-volume.tif", d / "train-labels.tif")
-        rows.append(
-            run_ours(
-                data.image, data.labels, truth, minutes=cpu_min, device="cpu",
-                method="a: napari-unet defaults (CPU)",
-            )
-        )  # fmt: skip
+        if run_cpu:
+            rows.append(
+                run_ours(
+                    data.image, data.labels, truth, minutes=cpu_min, device="cpu",
+                    method="a: napari-unet defaults (CPU)",
+                )
+            )  # fmt: skip
         if has_gpu:
             rows.append(
                 run_ours(
@@ -546,6 +573,8 @@ _COLUMNS = (
     ("vi_split", "VI split"),
     ("vi_merge", "VI merge"),
     ("vi_total", "VI total"),
+    ("tta_pixel_error", "pixel error, TTA"),
+    ("tta_membrane_iou", "membrane IoU, TTA"),
 )
 
 
@@ -574,12 +603,41 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(result: dict[str, Any], path: Path = DOC_PATH) -> Path:
-    """Write ``docs/EVALUATION.md`` from a result of :func:`run`."""
-    m = result.get("machine", {})
-    machine = ", ".join(
+def _machine_text(m: dict[str, Any]) -> str:
+    return ", ".join(
         f"{k} {m[k]}" for k in ("processor", "cpu_count", "gpu", "torch", "torch_threads") if k in m
     )
+
+
+def _other_runs_text(result: dict[str, Any]) -> str:
+    """Rows of earlier runs on other machines (``--add-rows``), one table per run."""
+    parts = []
+    for other in result.get("other_runs", []):
+        parts.append(
+            f"\n### Measured on another machine: {_machine_text(other.get('machine', {}))}\n\n"
+            f"{other.get('date', '')}, `{other.get('command', '')}`; {other.get('note', '')}.\n\n"
+            f"{markdown_table(other['rows'])}\n"
+        )
+    return "".join(parts)
+
+
+def load_other_run(path: str | Path, command: str = "") -> dict[str, Any]:
+    """A saved result JSON of :func:`run` (e.g. the GPU row from a GPU machine)."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(f"{path}: not a result of bench_evaluation (no 'rows')")
+    keep = ("rows", "machine", "date", "note")
+    return {
+        **{k: data[k] for k in keep if k in data},
+        "command": command or data.get("command", ""),
+    }
+
+
+def write_markdown(result: dict[str, Any], path: Path = DOC_PATH) -> Path:
+    """Write ``docs/EVALUATION.md`` from a result of :func:`run`."""
+    machine = _machine_text(result.get("machine", {}))
     target_rows = [r for r in result["rows"] if "meets_target" in r]
     verdict = ""
     if target_rows:
@@ -622,7 +680,7 @@ What our users do: label a few slices, train for minutes, segment the rest.
 ## Results
 
 {markdown_table(result["rows"])}
-{verdict}
+{verdict}{_other_runs_text(result)}
 Reference figures of the peers with a 10-minute CPU budget (measured earlier):
 (b) pixel error ~{REFERENCE["b"][0]}, membrane IoU ~{REFERENCE["b"][1]};
 (c) pixel error ~{REFERENCE["c"][0]}, membrane IoU ~{REFERENCE["c"][1]}.
@@ -643,9 +701,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1-minute budgets (smoke run)")
     parser.add_argument("--minutes", type=float, help="override every training budget")
     parser.add_argument("--only", help="comma-separated methods among a,b,c,d")
+    parser.add_argument(
+        "--devices",
+        choices=("all", "cpu", "cuda"),
+        default="all",
+        help="cuda: only the GPU row of (a); cpu: no GPU row (default all)",
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/EVALUATION.md")
+    parser.add_argument(
+        "--add-rows",
+        action="append",
+        default=[],
+        metavar="RESULT.json",
+        help="also list the rows of a saved result measured elsewhere (e.g. on a GPU machine)",
+    )
     args = parser.parse_args(argv)
-    result = run(args.quick, minutes=args.minutes, only=args.only, write_docs=not args.no_docs)
+    others = [load_other_run(p) for p in args.add_rows]
+    result = run(
+        args.quick,
+        minutes=args.minutes,
+        only=args.only,
+        devices=args.devices,
+        write_docs=False,
+    )
+    if others:
+        result["other_runs"] = others
+    if not result.get("skipped") and not args.no_docs:
+        write_markdown(result)
     if result.get("skipped"):  # keep the last real results on disk
         print(f"## {NAME}\n{result['note']}")
         return 0

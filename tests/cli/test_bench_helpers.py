@@ -40,6 +40,29 @@ def test_evaluation_markdown_table() -> None:
     assert "| a | - | 10 |" in table and "0.0700" in table
 
 
+def test_evaluation_rows_from_another_machine(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    saved = {
+        "rows": [{"method": "a: GPU", "device": "cuda:0 (H200)", "pixel_error": 0.09}],
+        "machine": {"gpu": "H200", "torch": "2.11"},
+        "date": "2026-11-30",
+        "note": "GPU budget 3 min",
+    }
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(saved))
+    other = bench_evaluation.load_other_run(path, command="bench --devices cuda")
+    result = {"rows": [], "note": "local", "other_runs": [other]}
+    doc = bench_evaluation.write_markdown(result, tmp_path / "EVAL.md").read_text()
+    assert "Measured on another machine: gpu H200, torch 2.11" in doc
+    assert "`bench --devices cuda`" in doc and "| a: GPU | cuda:0 (H200) |" in doc
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a result of bench_evaluation"):
+        bench_evaluation.load_other_run(tmp_path / "bad.json")
+
+
 def test_run_all_discovers_and_summarises() -> None:
     assert "evaluation" in run_all.discover()
     rows = [
