@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -225,12 +226,16 @@ def _batch(n: int = 4, hw: tuple[int, int] = (64, 64)) -> tuple[torch.Tensor, to
     return labels.float()[:, None], labels
 
 
+def _geometry_only(aug: Augmentation) -> Augmentation:
+    """``aug`` without its intensity transforms (on by default), which change the image."""
+    intensity = ("gaussian_noise", "uniform_noise", "brightness", "contrast", "gamma")
+    return dataclasses.replace(aug, **dict.fromkeys(intensity, 0.0))
+
+
 def test_augmentation_geometry_is_joint() -> None:
     image, labels = _batch()
     weight = labels.double() * 0.5
-    aug = Augmentation(order=0, rotate_degrees=30.0, elastic_p=0.5, crop_size=48)
-    # geometry only: the intensity transforms (on by default) would change the image
-    aug.brightness = aug.contrast = aug.gamma = aug.gaussian_noise = 0.0
+    aug = _geometry_only(Augmentation(order=0, rotate_degrees=30.0, elastic_p=0.5, crop_size=48))
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         oi, ol, ow = aug(image, labels, weight[:, None], generator=gen)
@@ -364,8 +369,7 @@ def test_preview() -> None:
     image = (rng.random((50, 60)) * 200).astype(np.uint8)
     labels = blocks((50, 60), 10).astype(np.uint8)
     weight = rng.random((50, 60)).astype(np.float32)
-    aug = Augmentation(rotate_degrees=20.0, crop_size=256)  # crop larger than the image
-    aug.brightness = aug.contrast = aug.gamma = aug.gaussian_noise = 0.0  # geometry only
+    aug = _geometry_only(Augmentation(rotate_degrees=20.0, crop_size=256))  # crop > image
     imgs, labs, ws = aug.preview(image, labels, n=3, seed=1, weight=weight)
     assert imgs.shape == (3, 50, 50) and imgs.dtype == np.float32
     assert labs.shape == (3, 50, 50) and labs.dtype == np.uint8

@@ -896,6 +896,8 @@ class Trainer:
         self.model: UNet = model
         self._on_cuda = self.device.type == "cuda"
         self._channels_last = bool(config.channels_last and self.device.type in ("cuda", "cpu"))
+        #: autocast dtype (None = float32), resolved once: the CPU probe is not free
+        self._amp = training_amp_dtype(self.device, config.amp)
         self.model.to(self.device)
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -1337,14 +1339,10 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ device helpers
-    def _amp_dtype(self) -> torch.dtype | None:
-        return training_amp_dtype(self.device, self.config.amp)
-
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = self._amp_dtype()
-        if dtype is None:
+        if self._amp is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self._amp)
 
     def _warmup(self) -> int:
         cfg = self.config
@@ -1484,7 +1482,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = None
-        if self._amp_dtype() == torch.float16:
+        if self._amp == torch.float16:
             amp_mod = getattr(torch, "amp", None)
             if amp_mod is not None and hasattr(amp_mod, "GradScaler"):
                 scaler = amp_mod.GradScaler("cuda")
@@ -1500,7 +1498,7 @@ class Trainer:
             patch_size=self.input_size,
             batch_size=self.batch_size,
             iterations=cfg.iterations,
-            precision=str(self._amp_dtype() or torch.float32).removeprefix("torch."),
+            precision=str(self._amp or torch.float32).removeprefix("torch."),
         )
 
         t_start = time.perf_counter()
