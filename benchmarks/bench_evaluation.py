@@ -21,7 +21,10 @@ Methods, all in the same run:
     within the same time budget as (a) on the CPU;
 (d) the scribble case: the same 5 slices with only ~5 % of their pixels
     labelled (thin strokes along membranes and short strokes inside cells,
-    derived from the ground truth deterministically), our defaults, same budget.
+    derived from the ground truth deterministically), our defaults, same budget;
+(e) a control for the targets: our defaults with four times the labels (dense
+    slices 0-19, still never the evaluated 20-29), same budget.  It shows
+    what the same method reaches when labels are not the limit.
 
 Run::
 
@@ -59,7 +62,9 @@ CPU_MINUTES = 10.0
 GPU_MINUTES = 3.0
 QUICK_MINUTES = 1.0
 SCRIBBLE_FRACTION = 0.05
-METHODS = ("a", "b", "c", "d")
+METHODS = ("a", "b", "c", "d", "e")
+#: the labelled slices of the control (e)
+CONTROL_SLICES = tuple(range(20))
 #: our targets for (a) on the CPU
 TARGET_PIXEL_ERROR = 0.075
 TARGET_MEMBRANE_IOU = 0.65
@@ -197,8 +202,12 @@ def run_ours(
     minutes: float,
     device: str,
     method: str,
+    train_slices: tuple[int, ...] = TRAIN_SLICES,
 ) -> dict[str, Any]:
-    """Train with napari-unet's defaults for ``minutes`` and evaluate on EVAL_SLICES."""
+    """Train with napari-unet's defaults for ``minutes`` and evaluate on EVAL_SLICES.
+
+    ``train_slices`` are the slices ``labels`` labels (for the labelled share).
+    """
     import torch
 
     from napari_unet.tiling import predict_tiled
@@ -235,8 +244,8 @@ def run_ours(
             predict_s = time.perf_counter() - t1
         scores.append(_metrics(np.asarray(pred), truth[list(EVAL_SLICES)]))
     plain, with_tta = scores
-    n_lab = sum(int(np.count_nonzero(labels[z])) for z in TRAIN_SLICES)
-    n_all = len(TRAIN_SLICES) * int(np.prod(labels.shape[1:]))
+    n_lab = sum(int(np.count_nonzero(labels[z])) for z in train_slices)
+    n_all = len(train_slices) * int(np.prod(labels.shape[1:]))
     return {
         "method": method,
         "device": _device_name(device),
@@ -454,7 +463,7 @@ def run(
     minutes : float, optional
         Override every training budget (CPU and GPU).
     only : "a,b" or list, optional
-        Run only these methods (a, b, c, d).
+        Run only these methods (a, b, c, d, e).
     devices : {"all", "cpu", "cuda"}
         ``"cuda"``: only the GPU row of (a) (for a run on a GPU machine);
         ``"cpu"``: no GPU row; ``"all"``: the GPU row too when CUDA is available.
@@ -511,6 +520,16 @@ def run(
             run_ours(
                 image, scribbles, truth, minutes=cpu_min, device="cpu",
                 method="d: napari-unet defaults, ~5% scribbles (CPU)",
+            )
+        )  # fmt: skip
+    if "e" in wanted:
+        control = np.zeros_like(truth)
+        control[list(CONTROL_SLICES)] = truth[list(CONTROL_SLICES)]
+        rows.append(
+            run_ours(
+                image, control, truth, minutes=cpu_min, device="cpu",
+                method="e: control, defaults with 4x the labels (dense 0-19, CPU)",
+                train_slices=CONTROL_SLICES,
             )
         )  # fmt: skip
 
@@ -612,13 +631,22 @@ def _other_runs_text(result: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def load_other_run(path: str | Path, command: str = "") -> dict[str, Any]:
-    """A saved result JSON of :func:`run` (e.g. the GPU row from a GPU machine)."""
+def load_result(path: str | Path) -> dict[str, Any]:
+    """A result of :func:`run` saved as JSON (``benchmarks/results/evaluation.json``)."""
     import json
 
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read a result of bench_evaluation ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise ValueError(f"{path}: not a result of bench_evaluation (no 'rows')")
+    return data
+
+
+def load_other_run(path: str | Path, command: str = "") -> dict[str, Any]:
+    """A saved result JSON of :func:`run` (e.g. the GPU row from a GPU machine)."""
+    data = load_result(path)
     keep = ("rows", "machine", "date", "note")
     return {
         **{k: data[k] for k in keep if k in data},
@@ -626,8 +654,9 @@ def load_other_run(path: str | Path, command: str = "") -> dict[str, Any]:
     }
 
 
-def write_markdown(result: dict[str, Any], path: Path = DOC_PATH) -> Path:
-    """Write ``docs/EVALUATION.md`` from a result of :func:`run`."""
+def write_markdown(result: dict[str, Any], path: Path | None = None) -> Path:
+    """Write ``docs/EVALUATION.md`` (or ``path``) from a result of :func:`run`."""
+    path = DOC_PATH if path is None else path
     machine = _machine_text(result.get("machine", {}))
     target_rows = [r for r in result["rows"] if "meets_target" in r]
     verdict = ""
@@ -667,6 +696,7 @@ What our users do: label a few slices, train for minutes, segment the rest.
 | (b) | ilastik-style peer: `skimage.feature.multiscale_basic_features` (sigma 1-16) + `RandomForestClassifier(n_estimators=50, max_depth=10, max_samples=0.05)` via `skimage.future.fit_segmenter` (not time-limited) |
 | (c) | plain PyTorch U-Net "the seeds' way": same padding, 16 filters, 4 levels, BatchNorm, BCE on the membrane mask, CPU `elasticdeform` (sigma 10, 3 points), Adam 1e-3, batch 4 x 256 px, same budget as (a) on the CPU |
 | (d) | as (a) on the CPU, but only scribbles: thin strokes along membranes + short strokes inside cells (~{SCRIBBLE_FRACTION:.0%} of the pixels, from the ground truth, deterministic) |
+| (e) | control for the targets: as (a) on the CPU, but with four times the labels (dense slices {CONTROL_SLICES[0]}-{CONTROL_SLICES[-1]}, still disjoint from the evaluated slices): what the method reaches when the labels are not the limit |
 
 ## Results
 
@@ -679,7 +709,7 @@ Reference figures of the peers with a 10-minute CPU budget (measured earlier):
 Lower is better for pixel error, Rand error and VI; higher for IoU. Wall times
 depend on the machine and on what else runs on it.
 Reproduce: `python -m benchmarks.bench_evaluation` (full, about
-{3 * CPU_MINUTES + 2:.0f} minutes on a CPU-only machine, plus {GPU_MINUTES:g} on a
+{4 * CPU_MINUTES + 3:.0f} minutes on a CPU-only machine, plus {GPU_MINUTES:g} on a
 GPU one), `--quick` for a 1-minute smoke run, `--only a,b`, `--minutes M`.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -691,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1-minute budgets (smoke run)")
     parser.add_argument("--minutes", type=float, help="override every training budget")
-    parser.add_argument("--only", help="comma-separated methods among a,b,c,d")
+    parser.add_argument("--only", help="comma-separated methods among a,b,c,d,e")
     parser.add_argument(
         "--devices",
         choices=("all", "cpu", "cuda"),
@@ -706,8 +736,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RESULT.json",
         help="also list the rows of a saved result measured elsewhere (e.g. on a GPU machine)",
     )
+    parser.add_argument(
+        "--render",
+        metavar="RESULT.json",
+        help="only write docs/EVALUATION.md from a saved result (e.g. the "
+        "benchmarks/results/evaluation.json of `python -m benchmarks.run_all`), with --add-rows",
+    )
     args = parser.parse_args(argv)
-    others = [load_other_run(p) for p in args.add_rows]
+    try:
+        others = [load_other_run(p) for p in args.add_rows]
+        rendered = load_result(args.render) if args.render else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if rendered is not None:
+        if others:
+            rendered["other_runs"] = others
+        print(f"(wrote {write_markdown(rendered)})")
+        return 0
     result = run(
         args.quick,
         minutes=args.minutes,

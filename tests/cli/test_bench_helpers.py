@@ -63,6 +63,28 @@ def test_evaluation_rows_from_another_machine(tmp_path) -> None:
         bench_evaluation.load_other_run(tmp_path / "bad.json")
 
 
+def test_evaluation_docs_rendered_from_a_saved_result(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    import pytest
+
+    local = {"rows": [{"method": "a: CPU", "pixel_error": 0.0837}], "note": "full run"}
+    gpu = {"rows": [{"method": "a: GPU", "pixel_error": 0.0909}], "machine": {"gpu": "H200"}}
+    (tmp_path / "local.json").write_text(json.dumps(local))
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    doc = tmp_path / "EVAL.md"
+    monkeypatch.setattr(bench_evaluation, "DOC_PATH", doc)
+    argv = ["--render", str(tmp_path / "local.json"), "--add-rows", str(tmp_path / "gpu.json")]
+    assert bench_evaluation.main(argv) == 0
+    text = doc.read_text()
+    assert "| a: CPU |" in text and "0.0837" in text and "full run" in text
+    assert "Measured on another machine: gpu H200" in text and "0.0909" in text
+    with pytest.raises(SystemExit) as exc:
+        bench_evaluation.main(["--render", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2
+    assert "cannot read a result of bench_evaluation" in capsys.readouterr().err
+
+
 def test_run_all_discovers_and_summarises() -> None:
     assert "evaluation" in run_all.discover()
     rows = [
