@@ -68,7 +68,18 @@ def test_evaluation_docs_rendered_from_a_saved_result(tmp_path, monkeypatch, cap
 
     import pytest
 
-    local = {"rows": [{"method": "a: CPU", "pixel_error": 0.0837}], "note": "full run"}
+    local = {
+        "rows": [
+            {
+                "method": "a: CPU",
+                "pixel_error": 0.0837,
+                "membrane_iou": 0.65,
+                "meets_target": False,
+            },
+            {"method": "e: control", "pixel_error": 0.0786, "membrane_iou": 0.69},
+        ],
+        "note": "full run",
+    }
     gpu = {"rows": [{"method": "a: GPU", "pixel_error": 0.0909}], "machine": {"gpu": "H200"}}
     (tmp_path / "local.json").write_text(json.dumps(local))
     (tmp_path / "gpu.json").write_text(json.dumps(gpu))
@@ -79,6 +90,7 @@ def test_evaluation_docs_rendered_from_a_saved_result(tmp_path, monkeypatch, cap
     text = doc.read_text()
     assert "| a: CPU |" in text and "0.0837" in text and "full run" in text
     assert "Measured on another machine: gpu H200" in text and "0.0909" in text
+    assert "reaches pixel error 0.0786" in text and "target is beyond what" in text
     with pytest.raises(SystemExit) as exc:
         bench_evaluation.main(["--render", str(tmp_path / "missing.json")])
     assert exc.value.code == 2
