@@ -212,7 +212,7 @@ def run(quick: bool = False, threads: int | None = None) -> dict[str, Any]:
         f"{ratio:.2f}x"
     )
     return {
-        "name": "bench_training",
+        "name": "training",
         "rows": rows,
         "note": note,
         "ratio": ratio,

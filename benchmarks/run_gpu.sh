@@ -46,5 +46,5 @@ stamp "elastic deformation, training throughput"
 python3 -m benchmarks.bench_elastic --quick 2>&1 | tail -9
 cp benchmarks/results/elastic.json "$OUT/elastic_gpu.json"
 python3 -m benchmarks.bench_training --quick 2>&1 | tail -5
-cp benchmarks/results/bench_training.json "$OUT/training_gpu.json" 2>/dev/null
+cp benchmarks/results/training.json "$OUT/training_gpu.json" 2>/dev/null
 stamp done
