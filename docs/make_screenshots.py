@@ -129,7 +129,6 @@ def _run(out: Path, iterations: int) -> None:
     # -- 2 augmentation preview ------------------------------------------------------------------
     show_tab(aug)
     aug.n_samples.setValue(4)
-    aug.noise.setValue(0.2)
     aug.compute(5)
     wait(lambda: aug.compute_count >= 1 and not aug.busy(), 60)
     wait(timeout=1.0)  # the debounced update after the setting change
@@ -159,7 +158,6 @@ def _run(out: Path, iterations: int) -> None:
     # -- 4 train ----------------------------------------------------------------------------------
     show_tab(tr)
     tr.patch.setValue(128)
-    tr.batch.setValue(2)
     tr.iterations.setValue(iterations)
     tr.preview_every.setValue(2.0)
     tr.device.setCurrentText("cpu")
