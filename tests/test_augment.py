@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from napari_unet.augment import Augmentation, elastic_deform, random_displacement
+from napari_unet.augment import (
+    INTENSITY_FIELDS,
+    Augmentation,
+    elastic_deform,
+    random_displacement,
+)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -228,8 +233,7 @@ def _batch(n: int = 4, hw: tuple[int, int] = (64, 64)) -> tuple[torch.Tensor, to
 
 def _geometry_only(aug: Augmentation) -> Augmentation:
     """``aug`` without its intensity transforms (on by default), which change the image."""
-    intensity = ("gaussian_noise", "uniform_noise", "brightness", "contrast", "gamma")
-    return dataclasses.replace(aug, **dict.fromkeys(intensity, 0.0))
+    return dataclasses.replace(aug, **dict.fromkeys(INTENSITY_FIELDS, 0.0))
 
 
 def test_augmentation_geometry_is_joint() -> None:

@@ -44,7 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Augmentation", "elastic_deform", "random_displacement"]
+__all__ = ["INTENSITY_FIELDS", "Augmentation", "elastic_deform", "random_displacement"]
+
+#: the :class:`Augmentation` fields of the intensity transforms (strengths, ``0`` = off),
+#: which change the image only
+INTENSITY_FIELDS = ("gaussian_noise", "uniform_noise", "brightness", "contrast", "gamma")
 
 _MODES = {0: "nearest", 1: "bilinear", 3: "bicubic"}
 # torch's gather has no kernels for the unsigned types above uint8: gather the bits
@@ -628,15 +632,7 @@ class Augmentation:
     @classmethod
     def none(cls) -> Augmentation:
         """An augmentation that changes nothing (every transform off)."""
-        return cls(
-            elastic=False,
-            flip=False,
-            rot90=False,
-            gaussian_noise=0.0,
-            brightness=0.0,
-            contrast=0.0,
-            gamma=0.0,
-        )
+        return cls(elastic=False, flip=False, rot90=False, **dict.fromkeys(INTENSITY_FIELDS, 0.0))
 
     @property
     def is_identity(self) -> bool:
@@ -646,11 +642,7 @@ class Augmentation:
             or self.flip
             or self.rot90
             or self.rotate_degrees > 0
-            or self.gaussian_noise > 0
-            or self.uniform_noise > 0
-            or self.brightness > 0
-            or self.contrast > 0
-            or self.gamma > 0
+            or any(getattr(self, name) > 0 for name in INTENSITY_FIELDS)
         )
 
     # -- application ---------------------------------------------------------------
