@@ -6,6 +6,11 @@ import torch
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
+#: what a device raises when it runs out of memory (torch >= 2.5 has the top-level name)
+OOM_ERRORS: tuple[type[BaseException], ...] = (
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+)
+
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Return the torch device for ``device``.
