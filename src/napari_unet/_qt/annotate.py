@@ -52,6 +52,7 @@ from ._common import (
     set_current_z,
     spatial_kwargs,
 )
+from ._layers import atom_slices, image_source_path
 from ._state import is_generated, is_source_image
 from ._widgets import LayerCombo, UNetWidget, path_row
 from ._workers import Job
@@ -70,16 +71,6 @@ def default_autosave_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".napari-unet" / "autosave"
-
-
-def image_source_path(layer: Any) -> Path | None:
-    """The file an image layer was read from, if known."""
-    meta = getattr(layer, "metadata", None) or {}
-    p = (meta.get("napari_unet") or {}).get("path") if isinstance(meta, dict) else None
-    if not p:
-        source = getattr(layer, "source", None)
-        p = getattr(source, "path", None)
-    return Path(p) if p else None
 
 
 def autosave_path_for(layer: Any, folder: str | os.PathLike | None = None) -> Path:
@@ -501,7 +492,7 @@ class AnnotateWidget(UNetWidget):
         if layer is None:
             return
         for atom in event.value or ():
-            self._dirty_slices.update(_atom_slices(atom, layer.ndim))
+            self._dirty_slices.update(atom_slices(atom, layer.ndim))
         self._stats_throttle.trigger()
 
     def _on_data(self, event: Any = None) -> None:
@@ -825,20 +816,3 @@ class AnnotateWidget(UNetWidget):
 
 def _is_lazy(data: Any) -> bool:
     return not isinstance(data, np.ndarray)
-
-
-def _atom_slices(atom: Any, ndim: int) -> set[int]:
-    """The z indices touched by one napari Labels history atom."""
-    if ndim < 3:
-        return {0}
-    key = getattr(atom, "slice_key", None)
-    if key is not None:  # _MaskedPaintAtom
-        s = key[ndim - 3]
-        if isinstance(s, slice):
-            return set(range(s.start or 0, s.stop if s.stop is not None else (s.start or 0) + 1))
-        return {int(s)}
-    try:
-        indices = atom[0]
-        return {int(z) for z in np.unique(np.asarray(indices[ndim - 3]))}
-    except (TypeError, IndexError, ValueError):
-        return set()

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from ..io import InvalidImageError, atomic_write, smallest_unsigned_dtype, write_labels_tiff
 from ._common import friendly_error, sanitize_name
+from ._layers import image_source_path
 from ._widgets import UNetWidget, path_row
 from ._workers import Job
 
@@ -181,8 +182,6 @@ class ExportWidget(UNetWidget):
     def _default_folder(self, *_: Any) -> None:
         if self.folder.text().strip():
             return
-        from .annotate import image_source_path
-
         image = self.state.image_layer
         src = image_source_path(image) if image is not None else None
         if src is not None:

@@ -49,6 +49,7 @@ from ._common import (
     sanitize_name,
 )
 from ._compute import warm_torch
+from ._layers import atom_slices, image_source_path
 from ._widgets import CurvePlot, UNetWidget, path_row
 from ._workers import Job
 
@@ -417,8 +418,6 @@ class TrainWidget(UNetWidget):
         text = self.folder_edit.text().strip()
         if text:
             return Path(text).expanduser()
-        from .annotate import image_source_path
-
         image = self.state.image_layer
         src = image_source_path(image) if image is not None else None
         if src is not None and os.access(src.parent, os.W_OK):
@@ -781,14 +780,12 @@ class TrainWidget(UNetWidget):
         self._labels_connected = None
 
     def _on_paint(self, event: Any) -> None:
-        from .annotate import _atom_slices
-
         lab = self._labels_connected
         if self._control is None or lab is None:
             return
         zs: set[int] = set()
         for atom in event.value or ():
-            zs |= _atom_slices(atom, lab.ndim)
+            zs |= atom_slices(atom, lab.ndim)
         self._control.notify_labels_changed(sorted(zs) or None)
 
     def before_shutdown(self) -> None:
