@@ -1,0 +1,48 @@
+"""Training a U-Net on sparsely painted slices, as a generator of typed events.
+
+Configuration, events, live labels, patch sampling, schedule and the trainer live in their own modules.
+"""
+
+from __future__ import annotations
+
+from ..model import PRESETS
+from ..normalization import compute_normalization
+from .config import TrainConfig
+from .events import (
+    CheckpointSaved,
+    Finished,
+    Iteration,
+    LabelsChanged,
+    Preview,
+    TrainingEvent,
+    TrainingStarted,
+    TrainingWarning,
+    Validation,
+)
+from .sampler import DEFAULT_SAME_PATCH_CPU, DEFAULT_SAME_PATCH_CUDA, DEFAULT_VALID_OUTPUT
+from .schedule import FINAL_LR_FRACTION, LR_SCHEDULES, validation_interval, warmup_iterations
+from .trainer import Trainer, train
+
+__all__ = [
+    "DEFAULT_SAME_PATCH_CPU",
+    "DEFAULT_SAME_PATCH_CUDA",
+    "DEFAULT_VALID_OUTPUT",
+    "FINAL_LR_FRACTION",
+    "LR_SCHEDULES",
+    "PRESETS",
+    "CheckpointSaved",
+    "Finished",
+    "Iteration",
+    "LabelsChanged",
+    "Preview",
+    "TrainConfig",
+    "Trainer",
+    "TrainingEvent",
+    "TrainingStarted",
+    "TrainingWarning",
+    "Validation",
+    "compute_normalization",
+    "train",
+    "validation_interval",
+    "warmup_iterations",
+]

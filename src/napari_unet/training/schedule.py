@@ -1,0 +1,114 @@
+"""When things happen in a training run: learning rate, validations, and the run's clock.
+
+The trainer applies these policies itself; front ends pass the user's config untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FINAL_LR_FRACTION",
+    "LR_SCHEDULES",
+    "RunClock",
+    "learning_rate",
+    "validation_interval",
+    "warmup_iterations",
+]
+
+LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+#: the cosine schedule decays to this fraction of the learning rate
+FINAL_LR_FRACTION = 0.05
+#: a run validates about this many times when ``val_every`` would validate less than twice
+_VALIDATIONS_PER_RUN = 5
+
+
+def warmup_iterations(config: Any) -> int:
+    """Warm-up steps of ``config``: ``warmup_iterations``, at most a tenth of ``iterations``."""
+    warmup = int(config.warmup_iterations)
+    if config.iterations is not None:
+        warmup = min(warmup, int(config.iterations) // 10)
+    return warmup
+
+
+def validation_interval(val_every: int, iterations: int | None) -> int:
+    """Iterations between validations: ``val_every``, shortened for short runs.
+
+    ``val_every`` is kept when it validates at least twice in ``iterations``
+    steps; otherwise the run validates about five times
+    (``max(1, iterations // 5)``), so a short run still gets a validation curve.
+    """
+    if iterations is None or val_every <= iterations // 2:
+        return int(val_every)
+    return min(int(val_every), max(1, int(iterations) // _VALIDATIONS_PER_RUN))
+
+
+def learning_rate(config: Any, iteration: int, elapsed_s: float) -> float:
+    """Learning rate of step ``iteration`` (0-based): linear warm-up, then the schedule.
+
+    The cosine schedule's progress is the larger of the iteration and the
+    elapsed-time (``max_minutes``) fractions.
+    """
+    base = float(config.learning_rate)
+    warmup = warmup_iterations(config)
+    if iteration < warmup:
+        return base * (iteration + 1) / (warmup + 1)
+    if config.lr_schedule == "constant":
+        return base
+    fractions = []
+    if config.iterations is not None:
+        fractions.append((iteration - warmup) / max(1, config.iterations - warmup))
+    if config.max_minutes is not None:
+        fractions.append(elapsed_s / (60.0 * config.max_minutes))
+    progress = min(1.0, max(fractions))
+    lo = FINAL_LR_FRACTION * base
+    return lo + 0.5 * (base - lo) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class RunClock:
+    """The clocks and counters of one run: when to rescan, preview, checkpoint and stop."""
+
+    t_start: float
+    next_rescan: float
+    next_preview: float
+    next_checkpoint: float
+    iteration: int = 0
+    last_loss: float | None = None
+    nonfinite_warned: bool = False
+    #: (seconds, samples) of the last steps, for the throughput
+    window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=20))
+
+    @classmethod
+    def start(cls, config: Any) -> RunClock:
+        t = time.perf_counter()
+        preview = t + config.preview_every_s if config.preview_every_s > 0 else math.inf
+        return cls(
+            t_start=t,
+            next_rescan=t + config.labels_rescan_s,
+            next_preview=preview,
+            next_checkpoint=t + config.checkpoint_every_s,
+        )
+
+    def stop_reason(self, config: Any, stopping: bool, now: float) -> str | None:
+        """Why the run ends now ("stopped", "completed", "time_limit"), or None."""
+        if stopping:
+            return "stopped"
+        if config.iterations is not None and self.iteration >= config.iterations:
+            return "completed"
+        if config.max_minutes is not None and now - self.t_start >= 60.0 * config.max_minutes:
+            return "time_limit"
+        return None
+
+    def count_step(self, seconds: float, samples: int) -> None:
+        self.iteration += 1
+        self.window.append((seconds, samples))
+
+    @property
+    def samples_per_s(self) -> float:
+        total_s = sum(t for t, _ in self.window)
+        return sum(n for _, n in self.window) / total_s if total_s > 0 else 0.0
