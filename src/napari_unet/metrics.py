@@ -1,15 +1,6 @@
-"""Segmentation metrics (plain numpy, no torch, no Qt/napari).
+"""Segmentation metrics on class and segment maps: pixel error, IoU, Dice, Rand error, VI.
 
-Two kinds of measures are provided:
-
-* **pixel metrics** on class maps (values ``1..K``; ``0`` may mark unlabelled
-  ground truth): :func:`pixel_error`, :func:`iou_per_class`, :func:`dice_per_class`;
-* **segmentation metrics** as used by the ISBI 2012 EM challenge, on *segment*
-  (instance) maps where ``0`` is boundary/background: :func:`adapted_rand_error`
-  (the foreground-restricted Rand error) and :func:`variation_of_information`.
-  :func:`segments_from_classes` turns a membrane/cell class map into segments.
-
-:func:`evaluate_segmentation` computes everything for a 2D image or a 3D stack.
+Plain numpy; the ISBI 2012 measures work on the segments of each 2D slice.
 """
 
 from __future__ import annotations
@@ -28,6 +19,7 @@ __all__ = [
     "dice_per_class",
     "evaluate_segmentation",
     "iou_per_class",
+    "nanmean",
     "pixel_error",
     "segments_from_classes",
     "variation_of_information",
@@ -259,8 +251,8 @@ def evaluate_segmentation(
         "pixel_error": pixel_error(p, t, ignore=0),
         "iou": iou,
         "dice": dice,
-        "mean_iou": _nanmean(iou.values()),
-        "mean_dice": _nanmean(dice.values()),
+        "mean_iou": nanmean(iou.values()),
+        "mean_dice": nanmean(dice.values()),
     }
     p3 = p if p.ndim == 3 else p[None]
     t3 = t if t.ndim == 3 else t[None]
@@ -273,14 +265,15 @@ def evaluate_segmentation(
         rand.append(adapted_rand_error(pred_seg, true_seg))
         vi.append(variation_of_information(pred_seg, true_seg))
     for key in ("error", "precision", "recall"):
-        result[f"rand_{key}"] = _nanmean(r[key] for r in rand)
+        result[f"rand_{key}"] = nanmean(r[key] for r in rand)
     for key in ("split", "merge", "total"):
-        result[f"vi_{key}"] = _nanmean(v[key] for v in vi)
+        result[f"vi_{key}"] = nanmean(v[key] for v in vi)
     result["n_slices"] = len(p3)
     return result
 
 
-def _nanmean(values: Iterable[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
+    """The mean of the values that are not NaN (NaN when none is)."""
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return math.nan

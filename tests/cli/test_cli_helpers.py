@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 
 from napari_unet.cli import CLIError
-from napari_unet.cli._common import (
-    MappedOutput,
-    Progress,
-    SliceLabels,
-    SliceSelection,
-    class_lut,
-    format_slices,
-    json_safe,
-    parse_slices,
-)
-from napari_unet.cli.evaluate import default_membrane_value, evaluate_arrays
+from napari_unet.cli._common import Progress, SliceSelection, json_safe, parse_slices
+from napari_unet.evaluation import default_membrane_value, evaluate_arrays
+from napari_unet.labels import MappedOutput, SliceLabels, class_lut
 from napari_unet.metrics import evaluate_segmentation
+from napari_unet.slices import format_slices
 
 
 @pytest.mark.parametrize(
@@ -176,3 +169,40 @@ def test_isbi_style_values_are_classes() -> None:
     # a 2D image works too, and identical maps are perfect
     same = evaluate_arrays(t255[0], t255[0])
     assert same["pixel_error"] == 0.0 and same["rand_error"] == pytest.approx(0.0)
+
+
+def test_train_help_shows_the_train_config_defaults(capsys) -> None:
+    from napari_unet.cli import main
+    from napari_unet.training import TrainConfig
+
+    cfg = TrainConfig()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"patches per step (default {cfg.batch_size})" in text
+    assert f"learning rate (default {cfg.learning_rate:g})" in text
+    assert f"N iterations (default {cfg.iterations};" in text
+    assert f"loss (default {cfg.loss})" in text and f"default {cfg.model})" in text
+
+
+def test_train_passes_the_users_settings_and_leaves_policy_to_the_trainer(tmp_path) -> None:
+    import dataclasses
+
+    from napari_unet.cli import build_parser
+    from napari_unet.cli.train import TrainingData, _config
+    from napari_unet.training import TrainConfig
+
+    args = build_parser().parse_args(
+        ["train", "--image", "x.tif", "--labels", "y.tif", "--iterations", "30", "--lr", "0.01"]
+    )
+    data = TrainingData(None, None, [0], [1], 2, None, None, 2, False)
+    cfg = _config(args, data, "small", tmp_path / "m.pt", "cpu")
+    ref = TrainConfig()
+    assert (cfg.iterations, cfg.learning_rate, cfg.max_minutes) == (30, 0.01, None)
+    # warm-up clipping and the validation interval are the Trainer's (training.schedule)
+    assert cfg.warmup_iterations == ref.warmup_iterations and cfg.val_every == ref.val_every
+    untouched = {"iterations", "learning_rate", "max_minutes", "device", "n_classes", "model",
+                 "val_slices", "checkpoint_path", "preview_every_s", "seed"}  # fmt: skip
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in untouched:
+            assert getattr(cfg, f.name) == getattr(ref, f.name), f.name

@@ -94,11 +94,11 @@ def test_dense_0_255_labels_round_trip_values(
     _predict(ckpt, cli_data["image"], pred, "--probabilities")
     labels = tifffile.imread(pred)
     assert set(np.unique(labels)) <= {0, 255}
-    probs = tifffile.imread(tmp_path / "pred_probabilities.tif")
-    assert probs.shape == (2, 3, 96, 96) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+    probs = tifffile.imread(tmp_path / "pred_probabilities.tif")  # ImageJ hyperstack: Z, C, Y, X
+    assert probs.shape == (3, 2, 96, 96) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     # class 1 (file value 0) wins where its probability is larger
-    np.testing.assert_array_equal(labels == 0, probs[0] > probs[1])
+    np.testing.assert_array_equal(labels == 0, probs[:, 0] > probs[:, 1])
 
     capsys.readouterr()
     report = tmp_path / "m.json"

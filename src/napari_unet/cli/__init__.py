@@ -1,13 +1,6 @@
-"""The ``napari-unet`` command.
+"""The ``napari-unet`` command: the window, or a headless subcommand on the Qt-free core.
 
-``napari-unet`` alone opens napari with the synthetic sample and the plugin's
-docks.  Subcommands (``train``, ``predict``, ``evaluate``, ``demo``) run the
-same Qt-free core headless.  Each subcommand lives in its own module of this
-package and provides ``add_parser(subparsers)`` and ``run(args) -> int``; to
-add one, write the module and list it in :data:`SUBCOMMANDS`.
-
-Errors the user can fix (bad paths, bad files, bad arguments) print one line
-on stderr and exit with a non-zero status, never a traceback.
+Each subcommand module has ``add_parser(subparsers)`` and ``run(args)``; user errors are one line.
 """
 
 from __future__ import annotations

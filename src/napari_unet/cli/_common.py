@@ -1,98 +1,77 @@
-"""Helpers shared by the headless subcommands (train, predict, evaluate, demo).
+"""Argument parsing, output-path checks and progress printing shared by the subcommands.
 
-Nothing here imports torch, Qt or napari at module level, so ``napari-unet
---help`` stays fast.
+Nothing here imports torch, Qt or napari at module level.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
-import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from ..slices import SLICES_HELP, read_slice
+from ..slices import parse_slices as _parse_slices
 from . import CLIError
 
 # --------------------------------------------------------------------------- arguments
-
-_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
-
-SLICES_HELP = (
-    "slice indices (0-based): a list '0,3,7', a range '0-4' (inclusive) or both mixed "
-    "('0-2,5,9-10')"
-)
 
 
 def parse_slices(
     spec: str | None, n_slices: int | None = None, what: str = "--slices"
 ) -> list[int]:
-    """Parse ``"0,3,7"``, ``"0-4"`` or a mix into sorted unique slice indices.
-
-    Raises
-    ------
-    CLIError
-        For bad syntax, an empty list, a reversed range or, when ``n_slices``
-        is given, an index outside ``0..n_slices-1``.
-    """
-    if spec is None:
-        return []
-    text = str(spec).strip()
-    if not text:
+    """:func:`napari_unet.slices.parse_slices` for an option: an empty list is an error too."""
+    if spec is not None and not str(spec).strip():
         raise CLIError(f"{what}: empty slice list; use e.g. '0,3,7' or '0-4'")
-    out: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            raise CLIError(f"{what} {spec!r}: empty item (two commas in a row?)")
-        if part.isdigit():
-            out.add(int(part))
-            continue
-        m = _RANGE.match(part)
-        if m is None:
-            raise CLIError(
-                f"{what} {spec!r}: cannot read {part!r}; use indices >= 0 like '0,3,7', "
-                "a range like '0-4' or both ('0-2,5')"
-            )
-        lo, hi = int(m.group(1)), int(m.group(2))
-        if hi < lo:
-            raise CLIError(f"{what} {spec!r}: range {part!r} goes backwards; write '{hi}-{lo}'")
-        out.update(range(lo, hi + 1))
-    slices = sorted(out)
-    if n_slices is not None:
-        bad = [z for z in slices if z >= n_slices]
-        if bad:
-            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-            raise CLIError(
-                f"{what}: slice(s) {shown} out of range: the stack has {n_slices} slice(s) "
-                f"(0-{n_slices - 1})"
-            )
-    return slices
+    try:
+        return _parse_slices(spec, n_slices, what)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
-def format_slices(slices: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the inverse of :func:`parse_slices`)."""
-    parts: list[str] = []
-    s = sorted(set(int(z) for z in slices))
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
-            j += 1
-        parts.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
-        i = j + 1
-    return ",".join(parts)
+def add_subcommand(
+    sub: argparse._SubParsersAction,
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    summary: str,
+    description: str,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand's parser (``summary`` in the command list); ``epilog`` is printed as written."""
+    formatter = argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter
+    p = sub.add_parser(
+        name, help=summary, description=description, epilog=epilog, formatter_class=formatter
+    )
+    p.set_defaults(handler=handler)
+    return p
+
+
+def add_slices_argument(p: argparse.ArgumentParser, flag: str, text: str) -> None:
+    """A slice-list option (``--slices``), explained by ``text`` and :data:`SLICES_HELP`."""
+    p.add_argument(flag, metavar="LIST", help=f"{text}. {SLICES_HELP}")
+
+
+def add_device_argument(p: argparse.ArgumentParser, default: str = "auto", note: str = "") -> None:
+    """``--device``, with the choices of :data:`napari_unet.devices.DEVICE_CHOICES`."""
+    from ..devices import DEVICE_CHOICES
+
+    p.add_argument(
+        "--device",
+        default=default,
+        metavar="DEVICE",
+        help=f"{', '.join(DEVICE_CHOICES)} or cuda:N; auto picks CUDA, then Apple MPS, then "
+        f"the CPU (default {default}){note}",
+    )
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -104,8 +83,6 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
-    import argparse
-
     try:
         value = float(text)
     except ValueError:
@@ -140,10 +117,16 @@ class torch_threads:
             torch.set_num_threads(self._old)
 
 
-def check_device(device: str) -> Any:
-    """Resolve ``--device`` (auto|cpu|cuda|mps|cuda:N) or raise a one-line error."""
-    from ..devices import resolve_device
+def check_device(device: str, *, here: bool = True) -> Any:
+    """Resolve ``--device`` or raise a one-line error; ``here=False`` (remote workers) checks the name."""
+    from ..devices import DEVICE_CHOICES, resolve_device
 
+    if not here:
+        if str(device).split(":")[0].strip().lower() not in DEVICE_CHOICES:
+            raise CLIError(
+                f"--device: unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}"
+            )
+        return device
     try:
         return resolve_device(device)
     except (ValueError, RuntimeError) as exc:
@@ -213,23 +196,6 @@ def open_labels(path: str | os.PathLike, what: str) -> tuple[Any, Any]:
     return td.data, td
 
 
-def read_slice(array: Any, z: int) -> np.ndarray:
-    """``np.asarray(array[z])`` for numpy, memmap, dask and zarr arrays."""
-    block = array[z]
-    if hasattr(block, "compute") and not isinstance(block, np.ndarray):
-        block = block.compute()
-    return np.asarray(block)
-
-
-def unique_values(array: Any, slices: Iterable[int]) -> np.ndarray:
-    """Sorted unique values of the given slices of a 3D array, read one slice at a time."""
-    found: np.ndarray | None = None
-    for z in slices:
-        u = np.unique(read_slice(array, int(z)))
-        found = u if found is None else np.union1d(found, u)
-    return np.zeros(0, dtype=np.int64) if found is None else found
-
-
 def nbytes_of(shape: Sequence[int], dtype: Any) -> int:
     return int(np.prod([int(s) for s in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
 
@@ -242,74 +208,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-# --------------------------------------------------------------------------- label views
-
-
-class SliceLabels:
-    """Read-only, lazy view of a ``(Z, H, W)`` labels array for training.
-
-    * slices not in ``keep`` read as zeros (unlabelled) without touching the
-      file, so ``--slices`` restricts training without copying the volume;
-    * with ``values`` (``--dense``) every file value ``values[i]`` becomes class
-      ``i + 1``; values not in the mapping become ``0`` (unlabelled).
-
-    It has ``shape``, ``dtype``, ``ndim`` and ``__getitem__(z)``, which is all
-    :class:`napari_unet.training.Trainer` reads.
-    """
-
-    def __init__(
-        self,
-        labels: Any,
-        keep: Iterable[int] | None = None,
-        values: Sequence[int] | None = None,
-    ) -> None:
-        self._labels = labels
-        self.shape = tuple(int(s) for s in labels.shape)
-        if len(self.shape) != 3:
-            raise ValueError(f"SliceLabels needs a (Z, H, W) array, got shape {self.shape}")
-        self.ndim = 3
-        self._keep = None if keep is None else frozenset(int(z) for z in keep)
-        self._values = None if values is None else np.asarray(sorted(values))
-        if self._values is not None:
-            k = len(self._values)
-            self.dtype = np.dtype(np.uint8 if k <= 255 else np.uint16 if k <= 65535 else np.int32)
-        else:
-            self.dtype = np.dtype(labels.dtype)
-        self._zero = np.zeros((), dtype=self.dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def map_values(self, raw: np.ndarray) -> np.ndarray:
-        """File values -> classes ``1..K`` (``0`` for values outside the mapping)."""
-        if self._values is None:
-            return raw
-        idx = np.searchsorted(self._values, raw)
-        idx = np.minimum(idx, len(self._values) - 1)
-        hit = self._values[idx] == raw
-        out = (idx + 1).astype(self.dtype, copy=False)
-        out[~hit] = 0
-        return out
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        if isinstance(index, (int, np.integer)):
-            z = int(index)
-            if z < 0:
-                z += self.shape[0]
-            if not 0 <= z < self.shape[0]:
-                raise IndexError(f"slice {index} out of range for {self.shape[0]} slices")
-            if self._keep is not None and z not in self._keep:
-                return np.broadcast_to(self._zero, self.shape[1:])
-            return self.map_values(read_slice(self._labels, z))
-        if index is Ellipsis or (isinstance(index, slice) and index == slice(None)):
-            return np.stack([self[z] for z in range(self.shape[0])])
-        if isinstance(index, tuple) and index and isinstance(index[0], (int, np.integer)):
-            return self[int(index[0])][index[1:]]
-        raise TypeError(f"SliceLabels supports integer slice indexing, got {index!r}")
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        arr = self[...]
-        return arr if dtype is None else arr.astype(dtype)
+# --------------------------------------------------------------------------- views
 
 
 class SliceSelection:
@@ -331,44 +230,6 @@ class SliceSelection:
         if index is Ellipsis:
             return np.stack([self[i] for i in range(len(self))])
         raise TypeError(f"SliceSelection supports integer slice indexing, got {index!r}")
-
-
-class MappedOutput:
-    """An output array that maps class values through a lookup table when written.
-
-    ``predict_tiled(out=MappedOutput(target, lut))`` writes ``lut[classes]``
-    into ``target`` slice by slice (checkpoints trained with ``--dense`` map
-    classes ``1..K`` back to the file values, e.g. ISBI's 0/255).
-    """
-
-    def __init__(self, target: Any, lut: np.ndarray) -> None:
-        self._target = target
-        self._lut = np.asarray(lut)
-        self.shape = tuple(int(s) for s in target.shape)
-        self.dtype = np.dtype(target.dtype)
-        self.ndim = len(self.shape)
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._target[key] = self._lut[np.asarray(value)]
-
-    def __getitem__(self, key: Any) -> Any:
-        return self._target[key]
-
-
-def class_lut(label_mapping: Mapping[str, int] | None, n_classes: int) -> np.ndarray | None:
-    """Lookup table class -> file value from a checkpoint's ``label_mapping`` (or None)."""
-    if not label_mapping:
-        return None
-    lut = np.arange(n_classes + 1, dtype=np.int64)
-    for value, cls in label_mapping.items():
-        c = int(cls)
-        if 1 <= c <= n_classes:
-            lut[c] = int(value)
-    if lut.min() < 0:
-        raise CLIError("the checkpoint's label_mapping maps a class to a negative value")
-    hi = int(lut.max())
-    dtype = np.uint8 if hi <= 255 else np.uint16 if hi <= 65535 else np.uint32
-    return lut.astype(dtype)
 
 
 # --------------------------------------------------------------------------- output

@@ -1,10 +1,6 @@
-"""``napari-unet demo``: the whole loop headless on the synthetic sample.
+"""``napari-unet demo``: train, predict and evaluate on the synthetic sample, headless.
 
-Writes a synthetic EM stack and its exact labels to ``--out`` (default
-``./napari-unet-demo``), trains on three fully labelled slices for a couple of
-minutes, predicts every slice and evaluates on the slices it did not train
-on -- the smoke test to run on a new server.  It runs the very same code as
-``napari-unet train/predict/evaluate`` and prints the equivalent commands.
+The smoke test for a new server; it runs ``napari-unet train/predict/evaluate`` and prints them.
 """
 
 from __future__ import annotations
@@ -17,8 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..slices import format_slices
 from . import CLIError
-from ._common import THREADS_HELP, check_device, format_slices, positive_float, positive_int
+from ._common import (
+    THREADS_HELP,
+    add_device_argument,
+    add_subcommand,
+    check_device,
+    positive_float,
+    positive_int,
+)
+
+SUMMARY = "train, predict and evaluate on the synthetic sample (smoke test)"
+DESCRIPTION = (
+    "Run the whole loop headless on a synthetic EM stack written to --out: train on 3 fully "
+    "labelled slices, predict every slice, evaluate on the slices not trained on. It runs "
+    "napari-unet train, predict and evaluate and prints those commands."
+)
 
 DEFAULT_SHAPE = (16, 256, 256)
 DEFAULT_MINUTES = 2.0
@@ -39,14 +50,7 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="train, predict and evaluate on the synthetic sample (smoke test)",
-        description=(
-            "Run the whole loop headless on the synthetic EM sample: train on 3 labelled "
-            "slices, predict every slice, evaluate on the slices not trained on."
-        ),
-    )
+    p = add_subcommand(sub, "demo", run, SUMMARY, DESCRIPTION)
     limit = p.add_mutually_exclusive_group()
     limit.add_argument(
         "--minutes",
@@ -57,9 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     limit.add_argument(
         "--iterations", type=positive_int, metavar="N", help="train for N iterations instead"
     )
-    p.add_argument(
-        "--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, mps"
-    )
+    add_device_argument(p)
     p.add_argument(
         "--out",
         default="napari-unet-demo",
@@ -75,7 +77,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic stack and training")
     p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
-    p.set_defaults(handler=run)
 
 
 def _call(argv: list[str]) -> None:
@@ -88,7 +89,26 @@ def _call(argv: list[str]) -> None:
         raise CLIError(f"'napari-unet {argv[0]}' stopped with exit status {code}")
 
 
+def _write_sample(out: Path, shape: tuple[int, int, int], seed: int) -> tuple[Path, Path]:
+    """The synthetic stack and its exact labels as ``out/image.tif`` and ``out/labels.tif``."""
+    import tifffile
+
+    from ..io import write_labels_tiff
+    from ..sample_data import synthetic_em
+
+    image, labels = synthetic_em(shape, seed=seed)
+    image_path, labels_path = out / "image.tif", out / "labels.tif"
+    try:
+        tifffile.imwrite(image_path, image, imagej=True, metadata={"axes": "ZYX"})
+    except OSError as exc:
+        raise CLIError(f"{image_path}: could not write ({exc})") from None
+    write_labels_tiff(labels_path, labels)
+    return image_path, labels_path
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..classes import DEFAULT_CLASS_NAMES
+
     check_device(args.device)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -96,26 +116,15 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.exists():
         raise CLIError(f"--out {out}: folder {out.parent} does not exist")
     out.mkdir(exist_ok=True)
-
-    import tifffile
-
-    from ..io import write_labels_tiff
-    from ..sample_data import synthetic_em
-
     t0 = time.perf_counter()
     z, y, x = args.shape
-    image, labels = synthetic_em((z, y, x), seed=args.seed)
-    image_path, labels_path = out / "image.tif", out / "labels.tif"
-    try:
-        tifffile.imwrite(image_path, image, imagej=True, metadata={"axes": "ZYX"})
-    except OSError as exc:
-        raise CLIError(f"{image_path}: could not write ({exc})") from None
-    write_labels_tiff(labels_path, labels)
+    image_path, labels_path = _write_sample(out, (z, y, x), args.seed)
     n_train = min(3, z - 1)
     train = sorted({int(np.rint(v)) for v in np.linspace(0, z - 1, n_train + 2)[1:-1]})
     held_out = [s for s in range(z) if s not in train]
     print(
-        f"synthetic EM stack {z} x {y} x {x} (1 = membrane, 2 = cell) in {out}/; training on "
+        f"synthetic EM stack {z} x {y} x {x} (1 = {DEFAULT_CLASS_NAMES[0]}, 2 = "
+        f"{DEFAULT_CLASS_NAMES[1]}) in {out}/; training on "
         f"slices {format_slices(train)}, evaluating on {format_slices(held_out)}",
         flush=True,
     )
@@ -138,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             "--image", str(image_path),
             "--labels", str(labels_path),
             "--slices", format_slices(train),
-            "--class-names", "membrane,cell",
+            "--class-names", ",".join(DEFAULT_CLASS_NAMES),
             *limit,
             *common,
             "--seed", str(args.seed),

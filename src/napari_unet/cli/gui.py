@@ -1,17 +1,23 @@
-"""``napari-unet [gui]``: open napari with a stack (default: the synthetic sample) and the docks."""
+"""``napari-unet [gui]``: open napari with a stack (default: the synthetic sample) and the docks.
+
+The files are checked before Qt starts, so a bad path is one line on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ._common import add_subcommand
+
+SUMMARY = "open napari with the napari-unet docks (the default command)"
+DESCRIPTION = (
+    "Open napari with a stack (default: the synthetic EM sample) and all napari-unet docks."
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "gui",
-        help="open napari with the napari-unet docks (the default command)",
-        description="Open napari with a stack (default: the synthetic EM sample) and all napari-unet docks.",
-    )
+    p = add_subcommand(sub, "gui", run, SUMMARY, DESCRIPTION)
     p.add_argument("image", nargs="?", help="TIFF stack to open (default: the synthetic EM sample)")
     p.add_argument("--labels", help="a labels TIFF to open with the image")
     p.add_argument(
@@ -19,13 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PNG",
         help="save a screenshot of the window to PNG and exit (for docs and smoke tests)",
     )
-    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..io import read_tiff
 
-    # check the files before starting Qt, so a bad path is one line on stderr
     image = read_tiff(args.image) if args.image else None
     labels = read_tiff(args.labels, as_labels=True) if args.labels else None
     if image is not None and labels is not None:

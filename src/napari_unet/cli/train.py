@@ -1,10 +1,6 @@
 """``napari-unet train``: train a U-Net on the labelled slices of a stack, headless.
 
-Labels are *sparse* by default: ``0`` = unlabelled, ``1..K`` = classes (what the
-napari Labels layer holds).  ``--dense`` reads a mask whose every value is a
-class (e.g. ISBI 2012's 0 = membrane / 255 = cell): the values found become
-classes ``1..K`` in sorted order and the mapping is stored in the checkpoint
-(``label_mapping``), so ``napari-unet predict`` writes the file values back.
+It reads the files, builds the labels view of :mod:`napari_unet.labels` and runs the Trainer.
 """
 
 from __future__ import annotations
@@ -17,24 +13,24 @@ from typing import Any
 
 import numpy as np
 
+from ..slices import format_slices
 from . import CLIError
 from ._common import (
-    SLICES_HELP,
     THREADS_HELP,
     Progress,
-    SliceLabels,
+    add_device_argument,
+    add_slices_argument,
+    add_subcommand,
     check_device,
     check_output_path,
-    format_slices,
     parse_slices,
     positive_float,
     positive_int,
-    unique_values,
     warn,
 )
 
-#: sparse labels with a largest value above this are probably a dense mask
-_MAX_SPARSE_CLASS = 64
+SUMMARY = "train a U-Net on labelled slices (headless)"
+DESCRIPTION = "Train a U-Net on the labelled slices of an EM stack and save a checkpoint."
 
 EPILOG = """\
 examples:
@@ -49,16 +45,26 @@ checkpoint as label_mapping so predictions are written back as 0/255).
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..losses import LOSS_MODES
+def _patch_default(patch_size: int | None) -> str:
+    """The help text of ``TrainConfig().patch_size`` (None: the Trainer's choice)."""
+    from ..training import DEFAULT_SAME_PATCH_CPU, DEFAULT_SAME_PATCH_CUDA, DEFAULT_VALID_OUTPUT
 
-    p = sub.add_parser(
-        "train",
-        help="train a U-Net on labelled slices (headless)",
-        description="Train a U-Net on the labelled slices of an EM stack and save a checkpoint.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    if patch_size is not None:
+        return str(patch_size)
+    return (
+        f"auto: {DEFAULT_SAME_PATCH_CPU} on a CPU and {DEFAULT_SAME_PATCH_CUDA} on CUDA for "
+        f"'small', the input of a {DEFAULT_VALID_OUTPUT}-pixel output for 'paper'"
     )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..classes import DEFAULT_CLASS_NAMES
+    from ..losses import LOSS_MODES
+    from ..model import PRESETS
+    from ..training import TrainConfig
+
+    cfg = TrainConfig()
+    p = add_subcommand(sub, "train", run, SUMMARY, DESCRIPTION, EPILOG)
     p.add_argument("--image", required=True, metavar="STACK.tif", help="the EM stack (TIFF)")
     p.add_argument(
         "--labels",
@@ -66,11 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LABELS.tif",
         help="labels of the same shape (TIFF): 0 = unlabelled, 1..K = classes (see --dense)",
     )
-    p.add_argument(
-        "--slices",
-        metavar="LIST",
-        help=f"train only on these slices; labels elsewhere are ignored. {SLICES_HELP}",
-    )
+    add_slices_argument(p, "--slices", "train only on these slices; labels elsewhere are ignored")
     p.add_argument(
         "--dense",
         action="store_true",
@@ -80,59 +82,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--class-names",
         metavar="NAMES",
-        help="comma-separated class names, one per class (default: membrane,cell for two "
-        "sparse classes; 'value V' for --dense)",
+        help="comma-separated class names, one per class (default: "
+        f"{','.join(DEFAULT_CLASS_NAMES)} for two sparse classes; 'value V' for --dense)",
     )
     p.add_argument(
         "--model",
-        default="small",
+        default=cfg.model,
         metavar="PRESET|CHECKPOINT.pt",
-        help="'small' (default, fast on a CPU), 'paper' (Ronneberger et al., 31M parameters) "
-        "or a checkpoint to fine-tune",
+        help=f"a preset ({', '.join(PRESETS)}; default {cfg.model}) or a checkpoint to fine-tune",
     )
-    p.add_argument("--loss", choices=LOSS_MODES, default=None, help="loss (default: wce+dice)")
+    p.add_argument("--loss", choices=LOSS_MODES, help=f"loss (default {cfg.loss})")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument(
-        "--minutes", type=positive_float, metavar="M", help="train for M minutes (wall clock)"
-    )
-    limit.add_argument(
-        "--iterations",
-        type=positive_int,
-        metavar="N",
-        help="train for N iterations (default 500); the learning-rate warm-up "
-        "is at most a tenth of N",
-    )
-    p.add_argument(
-        "--batch-size", type=positive_int, metavar="N", help="patches per step (default 4)"
-    )
-    p.add_argument(
-        "--patch-size",
-        type=positive_int,
-        metavar="PX",
-        help="input patch side in pixels (default 256 for 'small', 572 for 'paper')",
-    )
-    p.add_argument("--lr", type=positive_float, metavar="RATE", help="learning rate (default 1e-3)")
-    p.add_argument(
-        "--device",
-        default="auto",
-        metavar="DEVICE",
-        help="auto (default: CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps",
-    )
+    numbers = (
+        (limit, "--minutes", positive_float, "M", "train for M minutes (wall clock)"),
+        (limit, "--iterations", positive_int, "N",
+         f"train for N iterations (default {cfg.iterations}; the warm-up is at most a tenth)"),
+        (p, "--batch-size", positive_int, "N", f"patches per step (default {cfg.batch_size})"),
+        (p, "--patch-size", positive_int, "PX",
+         f"input patch side in pixels (default {_patch_default(cfg.patch_size)})"),
+        (p, "--lr", positive_float, "RATE", f"peak learning rate (default {cfg.learning_rate:g})"),
+    )  # fmt: skip
+    for group, flag, kind, metavar, text in numbers:
+        group.add_argument(flag, type=kind, metavar=metavar, help=text)
+    add_device_argument(p, cfg.device)
     p.add_argument(
         "--out",
         default="model.pt",
         metavar="MODEL.pt",
         help="checkpoint to write (default model.pt; also saved every minute while training)",
     )
-    p.add_argument(
-        "--val-slices",
-        metavar="LIST",
-        help=f"labelled slices held out and evaluated during training. {SLICES_HELP}",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_slices_argument(p, "--val-slices", "labelled slices held out and evaluated during training")
+    p.add_argument("--seed", type=int, default=cfg.seed, help=f"random seed (default {cfg.seed})")
     p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    p.set_defaults(handler=run)
 
 
 # --------------------------------------------------------------------------- preparation
@@ -143,7 +125,7 @@ class TrainingData:
     """What :func:`prepare` found: arrays ready for the Trainer and what they mean."""
 
     image: Any
-    labels: SliceLabels
+    labels: Any  # a napari_unet.labels.SliceLabels
     train_slices: list[int]
     val_slices: list[int]
     n_classes: int
@@ -153,6 +135,9 @@ class TrainingData:
     was_2d: bool
 
 
+_DENSE_HINT = "for a mask whose every value is a class (e.g. 0/255) use --dense"
+
+
 def _split_names(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -160,6 +145,76 @@ def _split_names(text: str | None) -> list[str] | None:
     if not all(names):
         raise CLIError(f"--class-names {text!r}: empty name")
     return names
+
+
+def _read_pair(image_path: str, labels_path: str) -> tuple[Any, Any, bool]:
+    """The image and labels as ``(Z, H, W)`` arrays of the same shape, and whether they were 2D."""
+    from ..io import check_same_shape, read_tiff
+
+    img = read_tiff(image_path, as_labels=False)
+    lab = read_tiff(labels_path, as_labels=True)
+    check_same_shape(lab.shape, img.shape)
+    if len(img.shape) == 2:
+        return img.data[None], lab.data[None], True
+    return img.data, lab.data, False
+
+
+def _choose_slices(
+    n: int, slices: str | None, val_slices: str | None
+) -> tuple[list[int] | None, list[int]]:
+    """``--slices`` (None = all) and ``--val-slices``, which must not overlap."""
+    chosen = parse_slices(slices, n, "--slices") if slices is not None else None
+    val = parse_slices(val_slices, n, "--val-slices") if val_slices is not None else []
+    both = sorted(set(chosen or ()) & set(val))
+    if both:
+        raise CLIError(
+            f"slice(s) {format_slices(both)} are in both --slices and --val-slices: "
+            "validation slices must not be trained on"
+        )
+    return chosen, val
+
+
+def _class_labels(
+    labels: Any,
+    labels_path: str,
+    scan: list[int],
+    keep: set[int] | None,
+    dense: bool,
+    meta: dict[str, Any],
+    checkpoint_classes: int | None,
+) -> tuple[Any, int, dict[str, int] | None]:
+    """The labels view of the classes, their number and the dense mapping (or None)."""
+    from ..labels import (
+        LabelValueError,
+        SliceLabels,
+        SparseLabelsError,
+        dense_mapping,
+        sparse_class_count,
+    )
+    from ..slices import unique_values
+
+    values = unique_values(labels, scan)
+    if dense:
+        where = f"slices {format_slices(scan)}" if keep is not None else "the file"
+        try:
+            mapping = dense_mapping(values, meta.get("label_mapping"), where)
+        except LabelValueError as exc:
+            raise CLIError(f"--dense: {exc}") from None
+        file_values = sorted(int(v) for v in mapping)
+        return SliceLabels(labels, keep=keep, values=file_values), len(mapping), mapping
+    where = f"slices {format_slices(scan)}" if keep is not None else "any slice"
+    try:
+        hi = sparse_class_count(values, where)
+    except SparseLabelsError as exc:
+        raise CLIError(f"{labels_path}: {exc}; {_DENSE_HINT}") from None
+    except LabelValueError as exc:
+        raise CLIError(f"{labels_path}: {exc}") from None
+    if checkpoint_classes is not None and hi > checkpoint_classes:
+        raise CLIError(
+            f"labels hold class {hi} but the checkpoint predicts {checkpoint_classes} classes"
+        )
+    n_classes = checkpoint_classes if checkpoint_classes is not None else max(2, hi)
+    return SliceLabels(labels, keep=keep), n_classes, None
 
 
 def prepare(
@@ -174,88 +229,19 @@ def prepare(
     checkpoint_classes: int | None = None,
 ) -> TrainingData:
     """Read and check the image and labels files; build the labels view for training."""
-    from ..io import check_same_shape, read_tiff
+    from ..labels import dense_class_names
 
-    img = read_tiff(image_path, as_labels=False)
-    lab = read_tiff(labels_path, as_labels=True)
-    check_same_shape(lab.shape, img.shape)
-    image, labels = img.data, lab.data
-    was_2d = len(img.shape) == 2
-    if was_2d:
-        image, labels = image[None], labels[None]
+    image, labels, was_2d = _read_pair(image_path, labels_path)
     n = int(image.shape[0])
-    chosen = parse_slices(slices, n, "--slices") if slices is not None else None
-    val = parse_slices(val_slices, n, "--val-slices") if val_slices is not None else []
-    if chosen is not None and set(chosen) & set(val):
-        both = sorted(set(chosen) & set(val))
-        raise CLIError(
-            f"slice(s) {format_slices(both)} are in both --slices and --val-slices: "
-            "validation slices must not be trained on"
-        )
+    chosen, val = _choose_slices(n, slices, val_slices)
     scan = sorted(set(chosen if chosen is not None else range(n)) - set(val))
-
+    keep = None if chosen is None else set(chosen) | set(val)
+    view, n_classes, mapping = _class_labels(
+        labels, labels_path, scan, keep, dense, checkpoint_meta or {}, checkpoint_classes
+    )
     names = _split_names(class_names)
-    mapping: dict[str, int] | None = None
-    ckpt_mapping = (checkpoint_meta or {}).get("label_mapping")
-    values = unique_values(labels, scan)
-    if dense:
-        if ckpt_mapping:
-            known = {int(v) for v in ckpt_mapping}
-            extra = sorted(set(int(v) for v in values) - known)
-            if extra:
-                raise CLIError(
-                    f"labels hold value(s) {extra[:5]} that the checkpoint's label_mapping "
-                    f"({', '.join(sorted(ckpt_mapping, key=int))}) does not know"
-                )
-            mapping = {str(int(v)): int(c) for v, c in ckpt_mapping.items()}
-            file_values = sorted(int(v) for v in mapping)
-            if [mapping[str(v)] for v in file_values] != list(range(1, len(file_values) + 1)):
-                raise CLIError("the checkpoint's label_mapping is not a sorted 1..K mapping")
-        else:
-            file_values = [int(v) for v in values]
-            if len(file_values) < 2:
-                where = f"slices {format_slices(scan)}" if chosen is not None else "the file"
-                raise CLIError(
-                    f"--dense: the labels on {where} hold only the value(s) {file_values}; "
-                    "a dense mask needs at least two values (classes)"
-                )
-            if len(file_values) > 255:
-                raise CLIError(
-                    f"--dense: the labels hold {len(file_values)} different values; a class "
-                    "mask has a few (is this an instance segmentation?)"
-                )
-            mapping = {str(v): i + 1 for i, v in enumerate(file_values)}
-        n_classes = len(file_values)
-        if names is None:
-            names = [f"value {v}" for v in file_values]
-        view = SliceLabels(
-            labels, keep=None if chosen is None else set(chosen) | set(val), values=file_values
-        )
-    else:
-        nonzero = [int(v) for v in values if v != 0]
-        if not nonzero:
-            where = f"slices {format_slices(scan)}" if chosen is not None else "any slice"
-            raise CLIError(
-                f"{labels_path}: no labelled pixels on {where} (0 = unlabelled); "
-                "for a mask whose every value is a class (e.g. 0/255) use --dense"
-            )
-        if min(int(v) for v in values) < 0:
-            raise CLIError(f"{labels_path}: labels must not be negative (0 = unlabelled)")
-        hi = max(nonzero)
-        if hi > _MAX_SPARSE_CLASS or (hi > 8 and len(nonzero) < hi / 2):
-            raise CLIError(
-                f"{labels_path}: labels hold the values {sorted(set(int(v) for v in values))[:6]}"
-                f"{'...' if len(values) > 6 else ''}, not classes 1..K (0 = unlabelled); "
-                "for a mask whose every value is a class (e.g. 0/255) use --dense"
-            )
-        n_classes = max(2, hi)
-        if checkpoint_classes is not None:
-            if hi > checkpoint_classes:
-                raise CLIError(
-                    f"labels hold class {hi} but the checkpoint predicts {checkpoint_classes} classes"
-                )
-            n_classes = checkpoint_classes
-        view = SliceLabels(labels, keep=None if chosen is None else set(chosen) | set(val))
+    if names is None and mapping is not None:
+        names = dense_class_names(mapping)
     if names is not None and len(names) != n_classes:
         raise CLIError(
             f"--class-names gives {len(names)} name(s) but there are {n_classes} classes"
@@ -263,17 +249,7 @@ def prepare(
     labelled = [z for z in scan if np.any(view[z])]
     if not labelled:
         raise CLIError(f"no labelled pixels on slices {format_slices(scan)}")
-    return TrainingData(
-        image=image,
-        labels=view,
-        train_slices=labelled,
-        val_slices=val,
-        n_classes=n_classes,
-        label_mapping=mapping,
-        class_names=names,
-        n_slices=n,
-        was_2d=was_2d,
-    )
+    return TrainingData(image, view, labelled, val, n_classes, mapping, names, n, was_2d)
 
 
 def _load_model(spec: str) -> tuple[str | None, Any, dict[str, Any] | None]:
@@ -296,6 +272,38 @@ def _load_model(spec: str) -> tuple[str | None, Any, dict[str, Any] | None]:
 # --------------------------------------------------------------------------- run
 
 
+def _config(
+    args: argparse.Namespace, data: TrainingData, preset: str | None, out: Path, device: Any
+) -> Any:
+    """The user's settings on top of ``TrainConfig()``; the Trainer applies its own policy."""
+    from ..training import TrainConfig
+
+    overrides: dict[str, Any] = {
+        "device": str(device),
+        "seed": int(args.seed),
+        "n_classes": data.n_classes,
+        "class_names": data.class_names,
+        "val_slices": data.val_slices or None,
+        "checkpoint_path": str(out),
+        "preview_every_s": 0.0,  # nobody looks at previews here
+    }
+    if preset is not None:
+        overrides["model"] = preset
+    if args.minutes is not None:
+        overrides.update(max_minutes=float(args.minutes), iterations=None)
+    if args.iterations is not None:
+        overrides.update(iterations=int(args.iterations), max_minutes=None)
+    options = {
+        "loss": args.loss,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "learning_rate": args.lr,
+        "num_threads": args.threads,
+    }
+    overrides.update({k: v for k, v in options.items() if v is not None})
+    return dataclasses.replace(TrainConfig(), **overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     out = check_output_path(args.out, "--out")
@@ -316,58 +324,57 @@ def run(args: argparse.Namespace) -> int:
             f"predicts {model.n_classes}"
         )
 
-    from ..training import TrainConfig, Trainer
+    from ..training import Trainer
 
-    overrides: dict[str, Any] = {
-        "device": str(device),
-        "seed": int(args.seed),
-        "n_classes": data.n_classes,
-        "class_names": data.class_names,
-        "val_slices": data.val_slices or None,
-        "checkpoint_path": str(out),
-        "preview_every_s": 0.0,
-    }
-    if preset is not None:
-        overrides["model"] = preset
-    if args.loss is not None:
-        overrides["loss"] = args.loss
-    if args.minutes is not None:
-        overrides.update(max_minutes=float(args.minutes), iterations=None)
-    if args.iterations is not None:
-        overrides.update(iterations=int(args.iterations), max_minutes=None)
-        # the default 20-iteration warm-up would eat a short run: at most a tenth of it
-        default_warmup = TrainConfig().warmup_iterations
-        overrides["warmup_iterations"] = min(default_warmup, int(args.iterations) // 10)
-    if args.batch_size is not None:
-        overrides["batch_size"] = int(args.batch_size)
-    if args.patch_size is not None:
-        overrides["patch_size"] = int(args.patch_size)
-    if args.lr is not None:
-        overrides["learning_rate"] = float(args.lr)
-    if args.threads is not None:
-        overrides["num_threads"] = int(args.threads)
-    config = dataclasses.replace(TrainConfig(), **overrides)
-    if data.val_slices:
-        config.val_every = max(1, min(config.val_every, (config.iterations or 10**9) // 5 or 1))
-
+    config = _config(args, data, preset, out, device)
     metadata = dict(meta or {})
     if data.label_mapping is not None:
         metadata["label_mapping"] = data.label_mapping
     trainer = Trainer(data.image, data.labels, config, model=model, metadata=metadata or None)
-    code = train_loop(trainer, out, quiet=args.quiet)
-    return code
+    return train_loop(trainer, out, quiet=args.quiet)
+
+
+def _event_message(event: Any, cfg: Any) -> str | None:
+    """The line printed for a start or validation event (None for the others)."""
+    from ..training import TrainingStarted, Validation
+
+    if isinstance(event, TrainingStarted):
+        limit = []
+        if cfg.iterations is not None:
+            limit.append(f"{cfg.iterations} iterations")
+        if cfg.max_minutes is not None:
+            limit.append(f"{cfg.max_minutes:g} min")
+        return (
+            f"training on {event.device_description}: {event.n_parameters:,} parameters, "
+            f"slices {format_slices(event.labelled_slices)} "
+            f"({event.n_labelled_pixels:,} labelled pixels), patch {event.patch_size}, "
+            f"batch {event.batch_size}, {event.precision}, {' or '.join(limit)}"
+        )
+    if isinstance(event, Validation):
+        m = event.metrics
+        ious = ", ".join(f"{k[4:]} {v:.3f}" for k, v in m.items() if k.startswith("iou_"))
+        error = m.get("pixel_error", math.nan)
+        return f"validation @ {event.iteration}: pixel error {error:.4f}, IoU {ious}"
+    return None
+
+
+def _show_iteration(progress: Progress, event: Any, max_s: float | None) -> None:
+    fractions = []
+    if event.total:
+        fractions.append(event.iteration / event.total)
+    if max_s:
+        fractions.append(event.elapsed_s / max_s)
+    progress.update(
+        event.iteration,
+        event.total,
+        f"loss {event.loss:.4f}  {event.samples_per_s:.1f} patches/s",
+        fraction=max(fractions) if fractions else None,
+    )
 
 
 def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
     """Run ``trainer``, printing progress; save to ``out``.  Returns the exit status."""
-    from ..training import (
-        CheckpointSaved,
-        Finished,
-        Iteration,
-        TrainingStarted,
-        TrainingWarning,
-        Validation,
-    )
+    from ..training import CheckpointSaved, Finished, Iteration, TrainingWarning
 
     cfg = trainer.config
     progress = Progress("training", quiet=quiet)
@@ -379,36 +386,7 @@ def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
         for event in trainer.run():
             if isinstance(event, Iteration):
                 it = event.iteration
-                fractions = []
-                if event.total:
-                    fractions.append(event.iteration / event.total)
-                if max_s:
-                    fractions.append(event.elapsed_s / max_s)
-                progress.update(
-                    event.iteration,
-                    event.total,
-                    f"loss {event.loss:.4f}  {event.samples_per_s:.1f} patches/s",
-                    fraction=max(fractions) if fractions else None,
-                )
-            elif isinstance(event, TrainingStarted):
-                limit = []
-                if cfg.iterations is not None:
-                    limit.append(f"{cfg.iterations} iterations")
-                if cfg.max_minutes is not None:
-                    limit.append(f"{cfg.max_minutes:g} min")
-                progress.message(
-                    f"training on {event.device_description}: {event.n_parameters:,} parameters, "
-                    f"slices {format_slices(event.labelled_slices)} "
-                    f"({event.n_labelled_pixels:,} labelled pixels), patch {event.patch_size}, "
-                    f"batch {event.batch_size}, {event.precision}, {' or '.join(limit)}"
-                )
-            elif isinstance(event, Validation):
-                m = event.metrics
-                ious = ", ".join(f"{k[4:]} {v:.3f}" for k, v in m.items() if k.startswith("iou_"))
-                progress.message(
-                    f"validation @ {event.iteration}: pixel error {m.get('pixel_error', math.nan):.4f}, "
-                    f"IoU {ious}"
-                )
+                _show_iteration(progress, event, max_s)
             elif isinstance(event, TrainingWarning):
                 progress.close()
                 warn(event.message)
@@ -416,6 +394,8 @@ def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
                 saved_at = event.iteration
             elif isinstance(event, Finished):
                 finished = event
+            elif (line := _event_message(event, cfg)) is not None:
+                progress.message(line)
     except KeyboardInterrupt:
         progress.close()
         trainer.stop()
