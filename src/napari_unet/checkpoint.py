@@ -1,22 +1,6 @@
-"""Saving and safely loading trained U-Nets.
+"""Saving and safely loading trained U-Nets: one ``torch.save`` file of tensors and JSON values.
 
-A checkpoint is a single file written with ``torch.save`` that holds a plain
-dictionary of tensors and JSON-like values only::
-
-    {
-        "format": "napari-unet-checkpoint",
-        "format_version": 1,
-        "napari_unet_version": "0.1.0",
-        "model_config": {...},      # UNet.config
-        "state_dict": {...},        # CPU tensors
-        "metadata": {...},          # JSON-like (class names, normalisation, history, ...)
-    }
-
-so that it can be read with ``torch.load(..., weights_only=True)``: loading never
-executes code from the file, and a file that would need to (a tampered or
-foreign pickle) is rejected with :class:`CheckpointError`.
-
-This module never imports Qt or napari.
+Loading uses ``torch.load(..., weights_only=True)``, so it never executes code from the file.
 """
 
 from __future__ import annotations
@@ -86,6 +70,10 @@ def _json_like(value: Any, where: str) -> Any:
 
 def save_checkpoint(path: str | os.PathLike[str], model: UNet, **metadata: Any) -> Path:
     """Save ``model`` and ``metadata`` to ``path`` atomically.
+
+    The file holds a plain dict: ``format``, ``format_version``,
+    ``napari_unet_version``, ``model_config`` (:attr:`UNet.config`),
+    ``state_dict`` (CPU tensors) and ``metadata`` (JSON-like values).
 
     The file is first written to a temporary file in the same directory and
     then moved over ``path`` with ``os.replace``, so an interrupted save never
@@ -181,6 +169,24 @@ def load_checkpoint(
         raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a napari-unet checkpoint file")
+    payload = _read_payload(path, map_location)
+    config = payload.get("model_config")
+    state = payload.get("state_dict")
+    metadata = payload.get("metadata", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the checkpoint has no valid 'model_config'")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: the checkpoint has no valid 'state_dict'")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: the checkpoint 'metadata' is not a dict")
+    model = _build_model(path, config, state)
+    model.to(map_location)
+    model.eval()
+    return model, metadata
+
+
+def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """The checkpoint dict of ``path``, loaded without executing code, of a format we read."""
     try:
         with warnings.catch_warnings():
             # foreign pickles trigger a "Detected pickle protocol" warning before failing
@@ -207,16 +213,11 @@ def load_checkpoint(
         )
     if version < 1:
         raise CheckpointError(f"{path}: invalid checkpoint format_version {version!r}")
+    return payload
 
-    config = payload.get("model_config")
-    state = payload.get("state_dict")
-    metadata = payload.get("metadata", {})
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: the checkpoint has no valid 'model_config'")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: the checkpoint has no valid 'state_dict'")
-    if not isinstance(metadata, dict):
-        raise CheckpointError(f"{path}: the checkpoint 'metadata' is not a dict")
+
+def _build_model(path: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> UNet:
+    """The UNet of ``config`` with the weights ``state``, all finite."""
     try:
         model = UNet(**config)
     except (TypeError, ValueError) as exc:
@@ -232,6 +233,4 @@ def load_checkpoint(
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{path}: weight {name!r} contains NaN or infinite values")
-    model.to(map_location)
-    model.eval()
-    return model, metadata
+    return model

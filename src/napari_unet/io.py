@@ -1,23 +1,6 @@
-"""Reading EM stacks and writing label masks as TIFF (no Qt, no napari).
+"""Reading EM stacks (TIFF, OME-TIFF, ImageJ; lazily when large) and writing label masks as TIFF.
 
-Reading
--------
-:func:`read_tiff` opens multipage stacks (ZYX), single pages (YX), ImageJ
-hyperstacks and OME-TIFF files.  The pixel size found in the metadata (ImageJ
-``spacing`` + resolution tags, or OME ``PhysicalSize*``) becomes ``scale``.
-Stacks larger than ``memory_budget`` bytes are opened lazily: as a
-``numpy.memmap`` when the pixel data are stored contiguously and
-uncompressed, otherwise as a dask array over tifffile's zarr store, so that a
-20 GB stack can be browsed without being read.
-
-Writing
--------
-:func:`write_labels_tiff` writes a label mask that Fiji/ImageJ opens as a
-stack with the right scale, in the smallest unsigned dtype that holds the
-labels, atomically (temporary file in the same folder, then rename).
-
-Every bad input raises an :class:`InvalidImageError` (a ``ValueError``) with
-a message a user can act on.
+Every bad input raises an :class:`InvalidImageError` (a ``ValueError``) a user can act on.
 """
 
 from __future__ import annotations
@@ -33,7 +16,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
-#: Stacks whose uncompressed size exceeds this many bytes open lazily.
+from . import labels as _labels
+
+#: Stacks whose uncompressed size reaches this many bytes open lazily.
 DEFAULT_MEMORY_BUDGET = 1 << 30  # 1 GiB
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -250,8 +235,10 @@ def read_tiff(
         ``True`` to read the file as a label mask, ``False`` as an image,
         ``None`` to guess (integer data with few values or piecewise constant).
     memory_budget
-        Stacks whose uncompressed size exceeds this many bytes open lazily
-        (memmap or dask); ``None`` always loads into memory.
+        Stacks whose uncompressed size reaches this many bytes open lazily: a
+        ``numpy.memmap`` when the pixels are stored contiguously and
+        uncompressed, else a dask array over tifffile's zarr store.  ``None``
+        always loads into memory.
 
     Returns
     -------
@@ -273,92 +260,104 @@ def read_tiff(
         raise InvalidImageError(f"{path}: corrupt TIFF file ({exc})") from exc
     keep_open = False
     try:
-        if not tif.series:
-            raise InvalidImageError(f"{path}: corrupt TIFF file: it holds no readable image data")
-        series = tif.series[0]
-        shape, axes, _ = _squeeze_axes(series.shape, series.axes)
-        dtype = np.dtype(series.dtype)
-        if "S" in axes or (axes and axes[-1] in "S") or series.keyframe.samplesperpixel > 1:
-            hint = ""
-            if series.axes.startswith("S") and series.shape[0] in (3, 4):
-                hint = (
-                    f"; if this is a {series.shape[0]}-slice stack saved as colour planes, "
-                    "re-save it as grayscale (tifffile: photometric='minisblack')"
-                )
-            raise InvalidImageError(
-                f"{path}: RGB/multi-sample images are not supported "
-                f"(shape {tuple(series.shape)}, axes {series.axes}); convert to grayscale "
-                f"(8 or 16 bit){hint}"
-            )
-        if len(shape) > 3:
-            raise InvalidImageError(
-                f"{path}: a {len(shape)}D stack (shape {shape}, axes {axes}) is not supported; "
-                "napari-unet needs one grayscale channel: a single image (YX) or a stack (ZYX)"
-            )
-        if len(shape) < 2:
-            raise InvalidImageError(f"{path}: not an image (shape {tuple(series.shape)})")
-        if dtype.kind not in "uifb":
-            raise InvalidImageError(f"{path}: unsupported pixel type {dtype}")
-        _check_pages_complete(tif, path)
-
-        scales: dict[str, float] = {}
-        unit = ""
-        if tif.is_ome:
-            scales = _ome_scale(tif.ome_metadata)
-            unit = "um" if scales else ""
-        if not scales:
-            scales, unit = _imagej_scale(tif)
-            if unit:
-                factor = _UNIT_TO_UM.get(unit.lower().replace("\\u00b5", "µ"))
-                if factor is not None:
-                    scales = {k: v * factor for k, v in scales.items()}
-                    unit = "um"
-        out_axes = "ZYX"[-len(shape) :]
-        # map the remaining non-YX axis (Z, T, I, Q, ...) onto Z
-        scale = tuple(float(scales.get(ax, 1.0)) for ax in out_axes)
-        if not unit:
-            unit = "pixel"
-
+        series, shape, dtype = _grayscale_series(tif, path)
+        scale, unit = _physical_scale(tif, len(shape))
         nbytes = int(np.prod(shape)) * dtype.itemsize
-        lazy = memory_budget is not None and nbytes > memory_budget
+        lazy = memory_budget is not None and nbytes >= memory_budget
         if lazy:
             data, how = _lazy_array(series, path)
             data = data.reshape(shape)
             keep_open = how == "dask"  # the zarr store reads through this TiffFile
         else:
-            how = "memory"
-            try:
-                data = series.asarray().reshape(shape)
-            except Exception as exc:
-                raise InvalidImageError(
-                    f"{path}: could not read the pixel data, the file is truncated or corrupt ({exc})"
-                ) from exc
-        if as_labels is None:
-            # guess from a crop of the middle slice: cheap even for huge pages
-            crop = (slice(0, 1024), slice(0, 1024))
-            sample = data[(shape[0] // 2, *crop)] if len(shape) == 3 else data[crop]
-            is_labels = _looks_like_labels(np.asarray(sample))
-        else:
-            is_labels = bool(as_labels)
-        if is_labels and dtype.kind == "f":
-            if as_labels:
-                raise InvalidImageError(
-                    f"{path}: a label mask must hold integers, this file holds {dtype}"
-                )
-            is_labels = False
-        return TiffData(
-            data=data,
-            scale=scale,
-            unit=unit,
-            axes=out_axes,
-            is_labels=is_labels,
-            lazy=lazy,
-            path=path,
-            metadata={"storage": how, "source_axes": series.axes, "dtype": str(dtype)},
-        )
+            data, how = _read_into_memory(series, path, shape), "memory"
+        meta = {"storage": how, "source_axes": series.axes, "dtype": str(dtype)}
+        is_labels = _is_labels(data, dtype, as_labels, path)
+        axes = "ZYX"[-len(shape) :]
+        return TiffData(data, scale, unit, axes, is_labels, lazy, path, metadata=meta)
     finally:
         if not keep_open:
             tif.close()
+
+
+def _grayscale_series(
+    tif: tifffile.TiffFile, path: Path
+) -> tuple[tifffile.TiffPageSeries, tuple[int, ...], np.dtype]:
+    """The first series, its shape without singleton axes and its dtype, if napari-unet reads it."""
+    if not tif.series:
+        raise InvalidImageError(f"{path}: corrupt TIFF file: it holds no readable image data")
+    series = tif.series[0]
+    shape, axes, _ = _squeeze_axes(series.shape, series.axes)
+    dtype = np.dtype(series.dtype)
+    if "S" in axes or (axes and axes[-1] in "S") or series.keyframe.samplesperpixel > 1:
+        hint = ""
+        if series.axes.startswith("S") and series.shape[0] in (3, 4):
+            hint = (
+                f"; if this is a {series.shape[0]}-slice stack saved as colour planes, "
+                "re-save it as grayscale (tifffile: photometric='minisblack')"
+            )
+        raise InvalidImageError(
+            f"{path}: RGB/multi-sample images are not supported "
+            f"(shape {tuple(series.shape)}, axes {series.axes}); convert to grayscale "
+            f"(8 or 16 bit){hint}"
+        )
+    if len(shape) > 3:
+        raise InvalidImageError(
+            f"{path}: a {len(shape)}D stack (shape {shape}, axes {axes}) is not supported; "
+            "napari-unet needs one grayscale channel: a single image (YX) or a stack (ZYX)"
+        )
+    if len(shape) < 2:
+        raise InvalidImageError(f"{path}: not an image (shape {tuple(series.shape)})")
+    if dtype.kind not in "uifb":
+        raise InvalidImageError(f"{path}: unsupported pixel type {dtype}")
+    _check_pages_complete(tif, path)
+    return series, shape, dtype
+
+
+def _physical_scale(tif: tifffile.TiffFile, ndim: int) -> tuple[tuple[float, ...], str]:
+    """Pixel size per output axis (ZYX or YX) and its unit ("um", another unit or "pixel")."""
+    scales: dict[str, float] = {}
+    unit = ""
+    if tif.is_ome:
+        scales = _ome_scale(tif.ome_metadata)
+        unit = "um" if scales else ""
+    if not scales:
+        scales, unit = _imagej_scale(tif)
+        if unit:
+            factor = _UNIT_TO_UM.get(unit.lower().replace("\\u00b5", "µ"))
+            if factor is not None:
+                scales = {k: v * factor for k, v in scales.items()}
+                unit = "um"
+    # the remaining non-YX axis (Z, T, I, Q, ...) maps onto Z
+    scale = tuple(float(scales.get(ax, 1.0)) for ax in "ZYX"[-ndim:])
+    return scale, unit or "pixel"
+
+
+def _read_into_memory(
+    series: tifffile.TiffPageSeries, path: Path, shape: tuple[int, ...]
+) -> np.ndarray:
+    try:
+        return series.asarray().reshape(shape)
+    except Exception as exc:
+        raise InvalidImageError(
+            f"{path}: could not read the pixel data, the file is truncated or corrupt ({exc})"
+        ) from exc
+
+
+def _is_labels(data: Any, dtype: np.dtype, as_labels: bool | None, path: Path) -> bool:
+    """``as_labels``, or a guess from a crop of the middle slice (cheap even for huge pages)."""
+    if as_labels is None:
+        crop = (slice(0, 1024), slice(0, 1024))
+        sample = data[(data.shape[0] // 2, *crop)] if data.ndim == 3 else data[crop]
+        is_labels = _looks_like_labels(np.asarray(sample))
+    else:
+        is_labels = bool(as_labels)
+    if is_labels and dtype.kind == "f":
+        if as_labels:
+            raise InvalidImageError(
+                f"{path}: a label mask must hold integers, this file holds {dtype}"
+            )
+        is_labels = False
+    return is_labels
 
 
 def check_same_shape(
@@ -375,27 +374,11 @@ def check_same_shape(
 
 
 def smallest_unsigned_dtype(data: np.ndarray) -> np.dtype:
-    """The smallest of uint8/uint16/uint32 that holds every value of ``data``.
-
-    Raises
-    ------
-    InvalidImageError
-        For negative or non-integer values, or values beyond uint32.
-    """
-    data = np.asarray(data)
-    if data.dtype == bool:
-        return np.dtype(np.uint8)
-    if not np.issubdtype(data.dtype, np.integer):
-        if data.size and not np.all(np.mod(data, 1) == 0):
-            raise InvalidImageError("labels must be whole numbers")
-    lo = data.min() if data.size else 0
-    hi = data.max() if data.size else 0
-    if lo < 0:
-        raise InvalidImageError(f"labels must not be negative (minimum is {lo})")
-    for dt in (np.uint8, np.uint16, np.uint32):
-        if hi <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    raise InvalidImageError(f"label value {hi} does not fit in 32 bits")
+    """:func:`napari_unet.labels.smallest_unsigned_dtype`, raising :class:`InvalidImageError`."""
+    try:
+        return _labels.smallest_unsigned_dtype(data)
+    except _labels.LabelValueError as exc:
+        raise InvalidImageError(str(exc)) from exc
 
 
 def _atomic_target(path: Path) -> Path:

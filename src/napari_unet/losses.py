@@ -1,26 +1,15 @@
-"""Training losses for sparse (partially painted) labels.
+"""Training losses for sparse (partially painted) labels: weighted cross-entropy and soft Dice.
 
-Conventions (see ``docs/CONTRACTS.md``): ``logits`` are ``(N, K, h, w)``;
-``target`` is an integer tensor ``(N, H, W)`` where ``0`` means *unlabelled*
-(the pixel is ignored by every loss) and class ``k`` in ``1..K`` corresponds to
-logit channel ``k - 1``.  An optional per-pixel weight map ``weight`` has the
-target's shape.
-
-If the logits are spatially smaller than the target (a valid-padding U-Net) the
-target and weight are centre-cropped to the logits; a target smaller than the
-logits is an error (the caller must crop the logits or pad the target).
-
-All losses are computed in float32, also under autocast, and return a scalar
-that is differentiable with respect to ``logits`` -- also when the batch has no
-labelled pixel at all (the loss is then an exact zero, ``logits.sum() * 0``).
-
-This module never imports Qt or napari.
+Label ``0`` is unlabelled and ignored by every loss; class ``k`` is logit channel ``k - 1``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from .model import center_crop
 
 __all__ = ["LOSS_MODES", "combined_loss", "soft_dice_loss", "weighted_cross_entropy"]
 
@@ -28,18 +17,18 @@ LOSS_MODES: tuple[str, ...] = ("wce", "dice", "wce+dice")
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    h, w = x.shape[-2], x.shape[-1]
-    if (h, w) == (height, width):
-        return x
-    top, left = (h - height) // 2, (w - width) // 2
-    return x[..., top : top + height, left : left + width]
-
-
 def _prepare(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Validate the inputs, crop target/weight to the logits; return float32 logits."""
+    logits: Tensor, target: Tensor, weight: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate the inputs, crop target/weight to the logits; return float32 logits.
+
+    ``logits`` are ``(N, K, h, w)``; ``target`` is an integer ``(N, H, W)``
+    tensor (``0`` = unlabelled, ``k`` in ``1..K`` = channel ``k - 1``) and the
+    optional per-pixel ``weight`` has its shape.  A target larger than the
+    logits (a valid-padding U-Net) is centre-cropped to them; a smaller one is
+    an error.  Every loss is computed in float32, also under autocast, and is
+    differentiable also when no pixel is labelled (an exact zero).
+    """
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("logits and target must be torch tensors")
     if logits.ndim != 4:
@@ -70,8 +59,8 @@ def _prepare(
             raise ValueError(
                 f"weight must have the target's shape {tuple(target.shape)}, got {tuple(weight.shape)}"
             )
-        weight = _center_crop(weight, h, w).to(device=logits.device, dtype=torch.float32)
-    target = _center_crop(target, h, w).to(device=logits.device, dtype=torch.long)
+        weight = center_crop(weight, h, w).to(device=logits.device, dtype=torch.float32)
+    target = center_crop(target, h, w).to(device=logits.device, dtype=torch.long)
     if target.numel():
         lo, hi = torch.aminmax(target)
         lo, hi = int(lo), int(hi)
@@ -84,16 +73,13 @@ def _prepare(
     return logits.float(), target, weight
 
 
-def _zero(logits: torch.Tensor) -> torch.Tensor:
+def _zero(logits: Tensor) -> Tensor:
     return logits.float().sum() * 0.0
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    reduction: str = "mean",
-) -> torch.Tensor:
+    logits: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean"
+) -> Tensor:
     """Pixel-weighted softmax cross-entropy: the energy function of the U-Net paper.
 
     ``E = sum_x w(x) * -log p_{l(x)}(x)`` over the labelled pixels ``x``.
@@ -135,7 +121,7 @@ def weighted_cross_entropy(
     return ce.sum() / n_labelled
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     """Multi-class soft Dice loss on the softmax probabilities of the labelled pixels.
 
     For every class ``c`` present in the batch's labels,
@@ -181,11 +167,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 
 def combined_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    mode: str = "wce+dice",
-) -> torch.Tensor:
+    logits: Tensor, target: Tensor, weight: Tensor | None = None, mode: str = "wce+dice"
+) -> Tensor:
     """The training loss: weighted cross-entropy, soft Dice, or their sum.
 
     Parameters

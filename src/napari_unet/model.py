@@ -1,19 +1,6 @@
 """The U-Net of Ronneberger, Fischer & Brox (MICCAI 2015), with optional modern extras.
 
-With the default arguments :class:`UNet` is the network of the paper exactly:
-five resolution levels, two unpadded ("valid") 3x3 convolutions + ReLU per
-level, 2x2 max-pooling, channels doubling from 64 to 1024, 2x2 transposed
-("up-") convolutions halving the channels, centre-cropped skip connections,
-and a final 1x1 convolution -- 31,030,658 parameters, a 572x572 input tile
-giving a 388x388 output tile.
-
-``padding="same"`` pads every 3x3 convolution with one pixel of zeros so the
-output has the input's size (the input must then be a multiple of
-``2**(depth - 1)``).  ``norm`` inserts a normalisation layer after every 3x3
-convolution (before its ReLU) and ``dropout`` adds a ``Dropout2d`` at the end
-of the contracting path, as in the paper.
-
-This module never imports Qt or napari.
+The defaults are the paper's network; ``padding="same"``, ``norm`` and ``dropout`` are the extras.
 """
 
 from __future__ import annotations
@@ -25,7 +12,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "PADDINGS", "PRESETS", "UNet"]
+from .checks import check_int
+
+__all__ = ["NORMS", "PADDINGS", "PRESETS", "UNet", "center_crop"]
 
 PADDINGS: tuple[str, ...] = ("valid", "same")
 NORMS: tuple[str | None, ...] = (None, "batch", "instance", "group")
@@ -34,17 +23,6 @@ PRESETS: tuple[str, ...] = ("paper", "small")
 _MAX_DEPTH = 10
 
 Size = int | tuple[int, int]
-
-
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    """Return ``value`` as an ``int`` or raise a clear ``TypeError``/``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 def _group_count(channels: int, max_groups: int = 8) -> int:
@@ -81,8 +59,8 @@ class _DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
-def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Centre-crop the last two dimensions of ``x`` to ``(height, width)``."""
+def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre-crop the last two dimensions of ``x`` to ``(height, width)`` (a view)."""
     h, w = x.shape[-2], x.shape[-1]
     if h == height and w == width:
         return x
@@ -93,6 +71,12 @@ def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 class UNet(nn.Module):
     """U-Net for semantic segmentation (Ronneberger et al. 2015).
+
+    With the defaults this is the network of the paper exactly: five levels,
+    two unpadded 3x3 convolutions + ReLU per level, 2x2 max-pooling, channels
+    doubling from 64 to 1024, 2x2 up-convolutions halving them, centre-cropped
+    skip connections and a final 1x1 convolution (a 572x572 input tile gives a
+    388x388 output tile).
 
     Parameters
     ----------
@@ -153,10 +137,10 @@ class UNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_int("in_channels", in_channels, 1)
-        self.n_classes = _check_int("n_classes", n_classes, 1)
-        self.depth = _check_int("depth", depth, 1, _MAX_DEPTH)
-        self.base_channels = _check_int("base_channels", base_channels, 1)
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.n_classes = check_int("n_classes", n_classes, 1)
+        self.depth = check_int("depth", depth, 1, _MAX_DEPTH)
+        self.base_channels = check_int("base_channels", base_channels, 1)
         if not isinstance(padding, str) or padding.lower() not in PADDINGS:
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
         self.padding: str = padding.lower()
@@ -230,7 +214,7 @@ class UNet(nn.Module):
         x = self.drop(self.bottom(x))
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
             x = upsample(x)
-            skip = _center_crop(skip, x.shape[-2], x.shape[-1])
+            skip = center_crop(skip, x.shape[-2], x.shape[-1])
             x = decoder(torch.cat([skip, x], dim=1))
         return self.head(x)
 
@@ -262,14 +246,9 @@ class UNet(nn.Module):
             ``"paper"``: the network of Ronneberger et al. (the defaults, 31M
             parameters, valid padding).  ``"small"``: a fast preset that trains
             on a CPU -- ``padding="same"``, ``depth=4``, ``base_channels=16``,
-            ``norm="batch"`` (about 0.5M parameters).  Batch norm was chosen over
-            group norm because it trains well at batch size 4 with 256x256 patches
-            (hundreds of thousands of pixels per statistic) and, using running
-            statistics at inference, gives tiled predictions that do not depend on
-            the tile size.  In a 200-iteration CPU comparison (batch 4, 128x128
-            synthetic membrane patches, Adam 1e-3) both reached a similar test
-            pixel error (batch 3.4 %, group 3.1 %) but batch norm ran about twice
-            as fast.
+            ``norm="batch"`` (about 0.5M parameters).  Batch norm uses running
+            statistics at inference, so tiled predictions do not depend on the
+            tile size.
         n_classes, in_channels : int
             As in :class:`UNet`.
 
@@ -380,8 +359,8 @@ class UNet(nn.Module):
         if isinstance(size, (tuple, list)):
             if len(size) != 2:
                 raise ValueError(f"{arg} must be an int or a (height, width) pair, got {size!r}")
-            return [_check_int(arg, s, 1) for s in size], True
-        return [_check_int(arg, size, 1)], False
+            return [check_int(arg, s, 1) for s in size], True
+        return [check_int(arg, size, 1)], False
 
     def output_size(self, size: Size) -> Size:
         """Output spatial size for an input of spatial size ``size``.

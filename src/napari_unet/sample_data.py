@@ -1,16 +1,6 @@
-"""Sample data: a synthetic EM-like stack with exact labels, and ISBI 2012.
+"""Sample data: a synthetic EM-like stack with exact labels (demo and test fixture), and ISBI 2012.
 
-:func:`synthetic_em` makes, deterministically from a seed, a stack that looks
-like serial-section EM of neuropil: cells as a Voronoi tessellation whose
-seeds drift slowly through the stack (so neighbouring sections are
-correlated), dark membranes of varying thickness along the cell borders,
-mitochondria-like dark textured blobs inside cells, uneven illumination,
-blur and noise.  The ground truth is exact, so the stack is both the demo and
-the test fixture.
-
-:func:`load_isbi2012` downloads the real ISBI 2012 training set (30 x 512 x
-512 ssTEM sections with membrane labels) on demand with pooch and caches it.
-No Qt or napari here.
+Labels follow napari-unet's convention: 1 = membrane, 2 = cell (3 = mitochondrion if asked).
 """
 
 from __future__ import annotations
@@ -23,10 +13,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .classes import DEFAULT_CLASS_NAMES
+
 MEMBRANE = 1
 CELL = 2
 MITOCHONDRION = 3
-CLASS_NAMES = ("membrane", "cell")
+CLASS_NAMES = DEFAULT_CLASS_NAMES
 
 #: The EMBL copy of the ISBI 2012 training set (HDF5, as used by torch-em).
 ISBI_URL = "https://oc.embl.de/index.php/s/h0TkwqxU0PJDdMd/download"
@@ -42,6 +34,96 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float
     return f / peak if peak > 0 else f
 
 
+def _voronoi_cells(
+    pts: np.ndarray, pix: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of every pixel to its cell border (the bisector) and its cell id (1..n)."""
+    _, idx = cKDTree(pts).query(pix, k=2)
+    p1, p2 = pts[idx[:, 0]], pts[idx[:, 1]]
+    d1sq = np.sum((pix - p1) ** 2, axis=1)
+    d2sq = np.sum((pix - p2) ** 2, axis=1)
+    sep = np.sqrt(np.sum((p2 - p1) ** 2, axis=1)) + 1e-9
+    border = ((d2sq - d1sq) / (2 * sep)).reshape(shape)
+    inst = (idx[:, 0].reshape(shape) + 1).astype(np.int32)
+    return border, inst
+
+
+def _paint_mitochondria(
+    img: np.ndarray,
+    lab: np.ndarray | None,
+    inst: np.ndarray,
+    border: np.ndarray,
+    thick_field: np.ndarray,
+    pts: np.ndarray,
+    mito: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Dark textured ellipses inside some cells, off the membranes (and class 3 in ``lab``)."""
+    ny, nx = img.shape
+    seeds, shapes, angles, offsets = mito
+    for k, cell in enumerate(seeds):
+        cy, cx = pts[cell] + offsets[k]
+        a, b = shapes[k]
+        c, s = np.cos(angles[k]), np.sin(angles[k])
+        r = 2 * int(max(a, b)) + 2
+        y0, y1 = max(0, int(cy) - r), min(ny, int(cy) + r + 1)
+        x0, x1 = max(0, int(cx) - r), min(nx, int(cx) + r + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy = np.arange(y0, y1)[:, None] - cy
+        dx = np.arange(x0, x1)[None, :] - cx
+        u = (c * dy + s * dx) / a
+        v = (-s * dy + c * dx) / b
+        inside = (u**2 + v**2 <= 1.0) & (inst[y0:y1, x0:x1] == cell + 1)
+        # keep mitochondria off the membrane
+        inside &= border[y0:y1, x0:x1] > thick_field[y0:y1, x0:x1] + 2.0
+        if not inside.any():
+            continue
+        cristae = 0.06 * np.sin(2.2 * u * np.pi * 2)
+        img[y0:y1, x0:x1][inside] = (0.36 + cristae)[inside]
+        if lab is not None:
+            lab[y0:y1, x0:x1][inside] = MITOCHONDRION
+
+
+def _draw_mitochondria(
+    rng: np.random.Generator, n_cells: int, cell_size: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cells that hold a mitochondrion, and its axes, angle and offset from the cell seed."""
+    seeds = rng.choice(n_cells, size=max(1, n_cells // 4), replace=False)
+    shapes = rng.uniform(0.18, 0.32, size=(len(seeds), 2)) * cell_size
+    angles = rng.uniform(0, np.pi, size=len(seeds))
+    offsets = rng.normal(0, 0.12 * cell_size, size=(len(seeds), 2))
+    return seeds, shapes, angles, offsets
+
+
+def _section(
+    rng: np.random.Generator,
+    cells: tuple[np.ndarray, np.ndarray],
+    thick_field: np.ndarray,
+    illum: np.ndarray,
+    noise: float,
+    mito: tuple[np.ndarray, ...] | None,
+    pts: np.ndarray,
+    mitochondria_class: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One section: the uint8 image, its labels and its cell ids (0 on membranes)."""
+    border, inst = cells
+    membrane = border < thick_field
+    inst[membrane] = 0
+    lab = np.where(membrane, MEMBRANE, CELL).astype(np.uint8)
+    # intensities: bright cytoplasm with texture, dark membranes
+    texture = ndimage.gaussian_filter(rng.standard_normal(border.shape), 1.5)
+    img = 0.68 + 0.05 * texture
+    edge = np.clip(1.0 - border / (thick_field + 1.0), 0.0, 1.0)
+    img = img - 0.45 * edge**1.5
+    if mito is not None:
+        paint_labels = lab if mitochondria_class else None
+        _paint_mitochondria(img, paint_labels, inst, border, thick_field, pts, mito)
+    img = img * illum
+    img = ndimage.gaussian_filter(img, 0.8)
+    img = img + rng.normal(0, noise, size=img.shape)
+    return np.clip(img * 255.0, 0, 255).astype(np.uint8), lab, inst
+
+
 def synthetic_em(
     shape: tuple[int, ...] = (16, 512, 512),
     seed: int = 0,
@@ -53,6 +135,11 @@ def synthetic_em(
     return_instances: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Make a synthetic EM-like stack and its exact ground truth.
+
+    Cells are a Voronoi tessellation whose seeds drift slowly through the
+    stack (neighbouring sections are correlated), with dark membranes of
+    varying thickness along the borders, mitochondria-like dark textured
+    blobs, uneven illumination, blur and noise.
 
     Parameters
     ----------
@@ -99,60 +186,17 @@ def synthetic_em(
     image = np.empty((nz, ny, nx), np.uint8)
     labels = np.empty((nz, ny, nx), np.uint8)
     instances = np.empty((nz, ny, nx), np.int32)
-    mito_seeds = rng.choice(n_cells, size=max(1, n_cells // 4), replace=False)
-    mito_shape = rng.uniform(0.18, 0.32, size=(len(mito_seeds), 2)) * cell_size
-    mito_angle = rng.uniform(0, np.pi, size=len(mito_seeds))
-    mito_offset = rng.normal(0, 0.12 * cell_size, size=(len(mito_seeds), 2))
+    mito = _draw_mitochondria(rng, n_cells, cell_size)  # drawn always: the rest stays the same
+    if not mitochondria:
+        mito = None
     for z in range(nz):
         pts = base + drift * z
         pts[:, 0] %= ny
         pts[:, 1] %= nx
-        tree = cKDTree(pts)
-        _, idx = tree.query(pix, k=2)
-        p1, p2 = pts[idx[:, 0]], pts[idx[:, 1]]
-        d1sq = np.sum((pix - p1) ** 2, axis=1)
-        d2sq = np.sum((pix - p2) ** 2, axis=1)
-        sep = np.sqrt(np.sum((p2 - p1) ** 2, axis=1)) + 1e-9
-        border = ((d2sq - d1sq) / (2 * sep)).reshape(ny, nx)  # distance to the bisector
-        membrane = border < thick_field
-        inst = (idx[:, 0].reshape(ny, nx) + 1).astype(np.int32)
-        inst[membrane] = 0
-
-        lab = np.where(membrane, MEMBRANE, CELL).astype(np.uint8)
-        # intensities: bright cytoplasm with texture, dark membranes
-        texture = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), 1.5)
-        img = 0.68 + 0.05 * texture
-        edge = np.clip(1.0 - border / (thick_field + 1.0), 0.0, 1.0)
-        img = img - 0.45 * edge**1.5
-        if mitochondria:
-            for k, cell in enumerate(mito_seeds):
-                cy, cx = pts[cell] + mito_offset[k]
-                a, b = mito_shape[k]
-                c, s = np.cos(mito_angle[k]), np.sin(mito_angle[k])
-                r = 2 * int(max(a, b)) + 2
-                y0, y1 = max(0, int(cy) - r), min(ny, int(cy) + r + 1)
-                x0, x1 = max(0, int(cx) - r), min(nx, int(cx) + r + 1)
-                if y0 >= y1 or x0 >= x1:
-                    continue
-                dy = yy[y0:y1, x0:x1] - cy
-                dx = xx[y0:y1, x0:x1] - cx
-                u = (c * dy + s * dx) / a
-                v = (-s * dy + c * dx) / b
-                inside = (u**2 + v**2 <= 1.0) & (inst[y0:y1, x0:x1] == cell + 1)
-                # keep mitochondria off the membrane
-                inside &= border[y0:y1, x0:x1] > thick_field[y0:y1, x0:x1] + 2.0
-                if not inside.any():
-                    continue
-                cristae = 0.06 * np.sin(2.2 * u * np.pi * 2)
-                img[y0:y1, x0:x1][inside] = (0.36 + cristae)[inside]
-                if mitochondria_class:
-                    lab[y0:y1, x0:x1][inside] = MITOCHONDRION
-        img = img * illum
-        img = ndimage.gaussian_filter(img, 0.8)
-        img = img + rng.normal(0, noise, size=img.shape)
-        image[z] = np.clip(img * 255.0, 0, 255).astype(np.uint8)
-        labels[z] = lab
-        instances[z] = inst
+        cells = _voronoi_cells(pts, pix, (ny, nx))
+        image[z], labels[z], instances[z] = _section(
+            rng, cells, thick_field, illum, noise, mito, pts, mitochondria_class
+        )
 
     if squeeze:
         image, labels, instances = image[0], labels[0], instances[0]

@@ -1,26 +1,7 @@
-"""Border weight maps of Ronneberger et al. (2015), eq. (2).
+"""Border weight maps of Ronneberger et al. (2015), eq. (2), and the per-pixel weights of the loss.
 
-The U-Net paper weights the cross-entropy of each pixel ``x`` with
-
-.. math::
-
-    w(x) = w_c(x) + w_0 \\exp\\left(-\\frac{(d_1(x) + d_2(x))^2}{2\\sigma^2}\\right)
-
-where ``w_c`` balances the class frequencies and ``d1``/``d2`` are the
-Euclidean distances to the nearest and the second-nearest object (cell).  The
-border term is only added to *background* pixels (the membrane between
-cells); object pixels get ``w_c`` alone.  It is largest in thin gaps that
-separate two touching objects, which forces the network to learn them.
-
-Objects are the 4-connected components of the object class
-(:func:`instances_from_mask`); see ``docs/CONTRACTS.md``.
-
-:func:`border_weight_map` is the fast implementation: it only computes each
-object's distance transform inside that object's bounding box grown by the
-radius ``R`` beyond which the border term is below ``tol``, which is exact
-wherever the term matters (see the function's notes for the error bound).
-:func:`border_weight_map_reference` is the direct definition (one full-image
-distance transform per object) that the tests and benchmarks compare against.
+``w = w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2))`` on background, ``d1``/``d2`` the distances to
+the two nearest objects (4-connected components of the object class, :func:`instances_from_mask`).
 """
 
 from __future__ import annotations
@@ -257,6 +238,12 @@ def _object_boxes(instances: np.ndarray) -> tuple[np.ndarray, list[tuple[int, tu
     return labels, [(i, box) for i, box in enumerate(boxes, start=1) if box is not None]
 
 
+def _keep_two_smallest(d1: np.ndarray, d2: np.ndarray, dist: np.ndarray) -> None:
+    """Update the running smallest ``d1`` and second-smallest ``d2`` distances in place."""
+    np.minimum(d2, np.maximum(d1, dist), out=d2)
+    np.minimum(d1, dist, out=d1)
+
+
 def _finish(
     instances: np.ndarray, d1: np.ndarray, d2: np.ndarray, w0: float, sigma: float, wc: np.ndarray
 ) -> np.ndarray:
@@ -342,18 +329,22 @@ def border_weight_map(
     # a background pixel is >= 1 px from every object, so an object that is its
     # nearest or second-nearest with d1 + d2 <= R is at most R - 1 away
     r = max(math.ceil(border_cutoff_radius(w0, sigma, tol) - 1.0), 0)
+    d1, d2 = _two_nearest_in_windows(labels, objects, r)
+    return _finish(labels, d1, d2, w0, sigma, wc)
+
+
+def _two_nearest_in_windows(
+    labels: np.ndarray, objects: list[tuple[int, tuple[slice, ...]]], r: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances to the nearest and second-nearest object, each in its box grown by ``r``."""
     h, w = labels.shape
-    d1 = np.full(labels.shape, np.inf)
-    d2 = np.full(labels.shape, np.inf)
+    d1, d2 = np.full((2, h, w), np.inf)
     for index, box in objects:
         y0, y1 = max(box[0].start - r, 0), min(box[0].stop + r, h)
         x0, x1 = max(box[1].start - r, 0), min(box[1].stop + r, w)
         dist = ndi.distance_transform_edt(labels[y0:y1, x0:x1] != index)
-        w1 = d1[y0:y1, x0:x1]
-        w2 = d2[y0:y1, x0:x1]
-        np.minimum(w2, np.maximum(w1, dist), out=w2)
-        np.minimum(w1, dist, out=w1)
-    return _finish(labels, d1, d2, w0, sigma, wc)
+        _keep_two_smallest(d1[y0:y1, x0:x1], d2[y0:y1, x0:x1], dist)
+    return d1, d2
 
 
 def border_weight_map_reference(
@@ -376,24 +367,14 @@ def border_weight_map_reference(
     ids = ids[ids > 0]
     if ids.size < 2 or w0 == 0:
         return wc
-    d1 = np.full(instances.shape, np.inf)
-    d2 = np.full(instances.shape, np.inf)
+    d1, d2 = np.full((2, *instances.shape), np.inf)
     for obj in ids:
-        dist = ndi.distance_transform_edt(instances != obj)
-        d2 = np.minimum(d2, np.maximum(d1, dist))
-        d1 = np.minimum(d1, dist)
+        _keep_two_smallest(d1, d2, ndi.distance_transform_edt(instances != obj))
     return _finish(instances, d1, d2, w0, sigma, wc)
 
 
-def border_weight_map_stack(
-    instances: np.ndarray,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_weights: ClassWeights = None,
-    *,
-    tol: float = 1e-6,
-) -> np.ndarray:
-    """:func:`border_weight_map` of every slice of a ``(Z, H, W)`` stack.
+def border_weight_map_stack(instances: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+    """:func:`border_weight_map` of every slice of a ``(Z, H, W)`` stack (same parameters).
 
     Each slice is independent (objects, distances and ``"balanced"`` class
     frequencies are per slice), matching 2D training on EM sections.  A 2D
@@ -406,12 +387,12 @@ def border_weight_map_stack(
     """
     arr = np.asarray(instances)
     if arr.ndim == 2:
-        return border_weight_map(arr, w0, sigma, class_weights, tol=tol)
+        return border_weight_map(arr, *args, **kwargs)
     if arr.ndim != 3:
         raise ValueError(f"instances must be (H, W) or (Z, H, W), got shape {arr.shape}")
     out = np.empty(arr.shape, dtype=np.float32)
     for z in range(arr.shape[0]):
-        out[z] = border_weight_map(arr[z], w0, sigma, class_weights, tol=tol)
+        out[z] = border_weight_map(arr[z], *args, **kwargs)
     return out
 
 

@@ -1,4 +1,7 @@
-"""npe2 reader for .tif/.tiff EM stacks and label masks."""
+"""npe2 reader for .tif/.tiff EM stacks and label masks.
+
+A file becomes an image or labels layer with its pixel size; a bad one a notification.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..io import InvalidImageError, TiffData, read_tiff
+from . import notify_error
 
 LayerData = tuple[Any, ...]
 _SUFFIXES = (".tif", ".tiff")
-
-
-def _notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
 
 
 def layer_data_from_tiff(td: TiffData, *, as_labels: bool | None = None) -> LayerData:
@@ -46,7 +44,7 @@ def read_path(path: str | os.PathLike, *, as_labels: bool | None = None) -> list
     try:
         td = read_tiff(path, as_labels=as_labels)
     except InvalidImageError as exc:
-        _notify_error(str(exc))
+        notify_error(str(exc))
         return [(None,)]  # napari's sentinel: handled, nothing to add
     return [layer_data_from_tiff(td, as_labels=as_labels)]
 

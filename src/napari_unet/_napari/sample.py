@@ -1,10 +1,15 @@
-"""npe2 sample data: the synthetic EM stack and ISBI 2012."""
+"""npe2 sample data: the synthetic EM stack and ISBI 2012.
+
+Each comes with its ground truth as a hidden labels layer that names the classes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..sample_data import CLASS_NAMES, load_isbi2012, synthetic_em
+from ..classes import DEFAULT_CLASS_NAMES
+from ..sample_data import load_isbi2012, synthetic_em
+from . import notify_error
 
 LayerData = tuple[Any, ...]
 
@@ -18,7 +23,7 @@ def _layers(image: Any, labels: Any, name: str, truth_name: str) -> list[LayerDa
                 "name": truth_name,
                 "visible": False,
                 "opacity": 0.5,
-                "metadata": {"napari_unet": {"class_names": list(CLASS_NAMES)}},
+                "metadata": {"napari_unet": {"class_names": list(DEFAULT_CLASS_NAMES)}},
             },
             "labels",
         ),
@@ -36,8 +41,6 @@ def make_isbi2012() -> list[LayerData]:
     try:
         image, labels = load_isbi2012(progressbar=True)
     except RuntimeError as exc:
-        from napari.utils.notifications import show_error
-
-        show_error(str(exc))
+        notify_error(str(exc))
         return [(None,)]
     return _layers(image, labels, "ISBI 2012", "ISBI 2012 membranes")

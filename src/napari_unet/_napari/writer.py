@@ -1,10 +1,14 @@
-"""npe2 writer: Labels layers as Fiji-readable multipage TIFF (atomic)."""
+"""npe2 writer: Labels layers as Fiji-readable multipage TIFF (atomic).
+
+A failed write becomes a notification and writes no file.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..io import InvalidImageError, write_labels_tiff
+from . import notify_error
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -18,8 +22,6 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     try:
         written = write_labels_tiff(path, data, scale=scale, unit=unit)
     except InvalidImageError as exc:
-        from napari.utils.notifications import show_error
-
-        show_error(f"could not save labels: {exc}")
+        notify_error(f"could not save labels: {exc}")
         return []
     return [str(written)]
