@@ -54,14 +54,27 @@ def main() -> None:
             disp.stop()
 
 
-def _run(out: Path, iterations: int) -> None:
-    import napari
-    from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QDockWidget
+class _Session:
+    """A napari window with the seven docks, and the helpers that drive and grab it."""
 
-    from napari_unet._qt import open_all_widgets
+    def __init__(self, out: Path) -> None:
+        import napari
 
-    def wait(done: Callable[[], bool] = lambda: False, timeout: float = 1.0) -> None:
+        from napari_unet._qt import open_all_widgets
+
+        self.out = out
+        self.tmp = Path(tempfile.mkdtemp(prefix="napari-unet-shots-"))
+        os.environ.setdefault("NAPARI_UNET_AUTOSAVE_DIR", str(self.tmp / "autosave"))
+        self.viewer = napari.Viewer(title="napari-unet")
+        self.win = self.viewer.window._qt_window
+        self.win.resize(1600, 1000)
+        self.viewer.open_sample("napari-unet", "synthetic_em")
+        self.truth = self.viewer.layers["synthetic EM ground truth"].data
+        self.widgets = open_all_widgets(self.viewer)
+
+    def wait(self, done: Callable[[], bool] = lambda: False, timeout: float = 1.0) -> None:
+        from qtpy.QtCore import QEventLoop, QTimer
+
         t0 = time.perf_counter()
         loop = QEventLoop()
         timer = QTimer()
@@ -73,44 +86,33 @@ def _run(out: Path, iterations: int) -> None:
         loop.exec()
         timer.stop()
 
-    tmp = Path(tempfile.mkdtemp(prefix="napari-unet-shots-"))
-    os.environ.setdefault("NAPARI_UNET_AUTOSAVE_DIR", str(tmp / "autosave"))
-    viewer = napari.Viewer(title="napari-unet")
-    win = viewer.window._qt_window
-    win.resize(1600, 1000)
-    viewer.open_sample("napari-unet", "synthetic_em")
-    truth = viewer.layers["synthetic EM ground truth"].data
-    widgets = open_all_widgets(viewer)
-    ann, aug, wm = widgets["annotate"], widgets["augmentation"], widgets["weightmap"]
-    tr, pr, co = widgets["train"], widgets["predict"], widgets["correct"]
+    def show_tab(self, widget: Any) -> None:
+        from qtpy.QtWidgets import QDockWidget
 
-    def dock_of(widget: Any) -> QDockWidget:
-        w = widget
-        while not isinstance(w, QDockWidget):
-            w = w.parentWidget()
-        return w
+        dock = widget
+        while not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        dock.show()
+        dock.raise_()
+        self.wait(timeout=0.5)
 
-    def show_tab(widget: Any) -> None:
-        d = dock_of(widget)
-        d.show()
-        d.raise_()
-        wait(timeout=0.5)
-
-    def only(*names: str) -> None:
-        for layer in viewer.layers:
+    def only(self, *names: str) -> None:
+        for layer in self.viewer.layers:
             layer.visible = layer.name in names
 
-    def shot(name: str) -> None:
-        wait(timeout=1.0)
-        path = out / name
-        win.grab().save(str(path))
+    def shot(self, name: str) -> None:
+        self.wait(timeout=1.0)
+        path = self.out / name
+        self.win.grab().save(str(path))
         print(f"saved {path}")
 
-    def go(z: int) -> None:
-        viewer.dims.set_point(0, float(z))
-        wait(timeout=0.3)
+    def go(self, z: int) -> None:
+        self.viewer.dims.set_point(0, float(z))
+        self.wait(timeout=0.3)
 
-    # -- 1 annotate ------------------------------------------------------------------------
+
+def _annotate(s: _Session) -> Any:
+    ann, truth = s.widgets["annotate"], s.truth
     labels = ann.create_labels()
     for z in (0, 5, 10):
         ys, xs = np.nonzero(np.ones(truth.shape[1:], bool))
@@ -119,25 +121,27 @@ def _run(out: Path, iterations: int) -> None:
     for y0, value in ((60, 1), (200, 2), (330, 2)):
         ys, xs = np.mgrid[y0 : y0 + 6, 40:400]
         labels.data_setitem((np.full(ys.size, 7), ys.ravel(), xs.ravel()), value)
-    go(5)
-    wait(lambda: ann.slice_table.rowCount() == 4, 10)
-    show_tab(ann)
-    only("synthetic EM", labels.name)
-    viewer.layers.selection.active = labels
-    shot("annotate.png")
+    s.go(5)
+    s.wait(lambda: ann.slice_table.rowCount() == 4, 10)
+    s.show_tab(ann)
+    s.only("synthetic EM", labels.name)
+    s.viewer.layers.selection.active = labels
+    s.shot("annotate.png")
+    return labels
 
-    # -- 2 augmentation preview ------------------------------------------------------------------
-    show_tab(aug)
+
+def _previews(s: _Session, labels: Any) -> None:
+    aug, wm, viewer = s.widgets["augmentation"], s.widgets["weightmap"], s.viewer
+    s.show_tab(aug)
     aug.n_samples.setValue(4)
     aug.compute(5)
-    wait(lambda: aug.compute_count >= 1 and not aug.busy(), 60)
-    wait(timeout=1.0)  # the debounced update after the setting change
-    wait(lambda: not aug.busy(), 60)
-    only("synthetic EM", labels.name, "augmentation preview", "augmentation preview labels")
+    s.wait(lambda: aug.compute_count >= 1 and not aug.busy(), 60)
+    s.wait(timeout=1.0)  # the debounced update after the setting change
+    s.wait(lambda: not aug.busy(), 60)
+    s.only("synthetic EM", labels.name, "augmentation preview", "augmentation preview labels")
     viewer.reset_view()
-    go(5)
-    shot("augmentation.png")
-
+    s.go(5)
+    s.shot("augmentation.png")
     for name in (
         "augmentation preview",
         "augmentation preview labels",
@@ -146,57 +150,58 @@ def _run(out: Path, iterations: int) -> None:
         if name in viewer.layers:
             viewer.layers.remove(name)
     viewer.reset_view()
-
-    # -- 3 weight map ---------------------------------------------------------------------------
-    show_tab(wm)
+    s.show_tab(wm)
     wm.compute("current slice")
-    wait(lambda: wm.compute_count >= 1 and not wm.busy(), 60)
-    only("synthetic EM", "weight map")
-    go(5)
-    shot("weightmap.png")
+    s.wait(lambda: wm.compute_count >= 1 and not wm.busy(), 60)
+    s.only("synthetic EM", "weight map")
+    s.go(5)
+    s.shot("weightmap.png")
 
-    # -- 4 train ----------------------------------------------------------------------------------
-    show_tab(tr)
-    tr.patch.setValue(128)
-    tr.iterations.setValue(iterations)
-    tr.preview_every.setValue(2.0)
-    tr.device.setCurrentText("cpu")
-    tr.folder_edit.setText(str(tmp / "models"))
-    tr.val_edit.setText("10")
-    go(12)  # the preview follows the slice being looked at
+
+def _train_predict_correct(s: _Session, labels: Any, iterations: int) -> None:
+    tr, pr, co = s.widgets["train"], s.widgets["predict"], s.widgets["correct"]
+    s.show_tab(tr)
+    # the recipe lives in the viewer's state; the Train dock shows what it holds
+    tr.state.update_config(
+        patch_size=128, iterations=iterations, preview_every_s=2.0, device="cpu", val_slices=[10]
+    )
+    tr.folder_edit.setText(str(s.tmp / "models"))
+    s.go(12)  # the preview follows the slice being looked at
     tr.start()
-    wait(lambda: not tr.busy(), 1800)
-    only("synthetic EM", labels.name, "synthetic EM training preview")
-    go(12)
-    shot("training.png")
-
-    # -- 5 predict ----------------------------------------------------------------------------------
-    show_tab(pr)
+    s.wait(lambda: not tr.busy(), 1800)
+    s.only("synthetic EM", labels.name, "synthetic EM training preview")
+    s.go(12)
+    s.shot("training.png")
+    s.show_tab(pr)
     pr.range.setCurrentText("all slices")
     pr.probs.setChecked(True)
     pr.predict()
-    wait(lambda: not pr.busy(), 1800)
-    only("synthetic EM", "synthetic EM prediction")
-    go(12)
-    shot("prediction.png")
-
-    # -- 6 correct ----------------------------------------------------------------------------------
-    show_tab(co)
-    go(7)
+    s.wait(lambda: not pr.busy(), 1800)
+    s.only("synthetic EM", "synthetic EM prediction")
+    s.go(12)
+    s.shot("prediction.png")
+    s.show_tab(co)
+    s.go(7)
     co.accept_slice()
-    only("synthetic EM", labels.name)
-    viewer.layers.selection.active = labels
-    shot("correction.png")
+    s.only("synthetic EM", labels.name)
+    s.viewer.layers.selection.active = labels
+    s.shot("correction.png")
 
-    # -- main: the whole loop at a glance ---------------------------------------------------------
-    show_tab(ann)
-    wait(timeout=1.0)
-    only("synthetic EM", labels.name, "synthetic EM prediction")
-    viewer.layers["synthetic EM prediction"].opacity = 0.35
-    go(7)
-    shot("main.png")
-    viewer.close()
-    shutil.rmtree(tmp, ignore_errors=True)
+
+def _run(out: Path, iterations: int) -> None:
+    s = _Session(out)
+    labels = _annotate(s)
+    _previews(s, labels)
+    _train_predict_correct(s, labels, iterations)
+    # the whole loop at a glance
+    s.show_tab(s.widgets["annotate"])
+    s.wait(timeout=1.0)
+    s.only("synthetic EM", labels.name, "synthetic EM prediction")
+    s.viewer.layers["synthetic EM prediction"].opacity = 0.35
+    s.go(7)
+    s.shot("main.png")
+    s.viewer.close()
+    shutil.rmtree(s.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

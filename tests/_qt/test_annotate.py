@@ -6,7 +6,7 @@ import numpy as np
 import tifffile
 from qt_helpers import dock, messages, paint, wait_idle
 
-from napari_unet._qt.annotate import AUTOSAVE_SUFFIX
+from napari_unet.autosave import AUTOSAVE_SUFFIX
 from napari_unet.io import write_labels_tiff
 
 
@@ -51,7 +51,7 @@ def test_slice_table_and_jump(viewer_with_stack, qtbot):
     n = int((truth[3] > 0).sum())
     assert ann.slice_table.item(1, 1).text() == f"{n:,}"
     assert "membrane" in ann.slice_table.item(1, 2).text()
-    ann._on_slice_double_clicked(1, 0)
+    ann.slice_table._on_double_clicked(1, 0)
     assert viewer.dims.point[0] == 9.0  # slice 3 at z scale 3
     # a stroke erased by undo disappears from the table
     labels.undo()
@@ -107,6 +107,23 @@ def test_autosave_and_restore_in_a_new_viewer(
     np.testing.assert_array_equal(labels2.data, saved)
     assert ann2.state.class_names == ["membrane", "cell", "mito"]
     assert "restored autosaved labels" in ann2.status.text()
+
+
+def test_autosave_encodes_only_the_painted_slices(viewer_with_stack, qtbot, tmp_path):
+    viewer, _, truth = viewer_with_stack()
+    ann = dock(viewer, "1 Annotate")
+    ann.set_autosave(interval=0.3, folder=tmp_path / "project")
+    labels = ann.create_labels()
+    results = []
+    shown = ann._on_saved
+    ann._on_saved = lambda result: (results.append(result), shown(result))
+    paint(labels, truth, 1)
+    qtbot.waitUntil(lambda: any(r.saved for r in results), timeout=10_000)
+    paint(labels, truth, 3)
+    qtbot.waitUntil(lambda: sum(r.saved for r in results) >= 2, timeout=10_000)
+    wait_idle(qtbot, ann, "autosave")
+    assert [r.encoded for r in results if r.saved][:2] == [(1,), (3,)]
+    np.testing.assert_array_equal(tifffile.imread(ann.autosave_path()), labels.data)
 
 
 def test_autosave_without_a_file_uses_the_project_folder(viewer_with_stack, qtbot, tmp_path):

@@ -91,3 +91,31 @@ def test_fine_tune_button_starts_train(viewer_with_stack, qtbot, tmp_path):
     with qtbot.waitSignal(tr.training_finished, timeout=120_000) as blocker:
         co.train_btn.click()
     assert blocker.args == ["completed"]
+
+
+def test_accept_and_undo_tell_the_state_which_slices_changed(viewer_with_stack, qtbot):
+    viewer, _, truth = viewer_with_stack()
+    _, labels, _, co = _setup(viewer, truth)
+    edited = []
+    co.state.labels_edited.connect(edited.append)
+    assert co.accept_slice(2) == 128 * 128
+    assert edited == [[2]]
+    co.undo()
+    assert edited == [[2], None]  # napari's undo does not say which slices it restored
+    assert not labels.data.any()
+
+
+def test_fine_tune_asks_the_state_not_a_dock(viewer_with_stack):
+    viewer, _, truth = viewer_with_stack()
+    _, _, _, co = _setup(viewer, truth)
+    requests = []
+    co.fine_tune()  # no Train dock listens yet
+    assert "open '4 Train'" in co.status.text()
+    co.state.training_requested.connect(lambda: requests.append(1))
+    co.state.set_training_busy(True)
+    co.fine_tune()
+    assert "training is running" in co.status.text()
+    assert requests == []
+    co.state.set_training_busy(False)
+    co.fine_tune()
+    assert requests == [1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from qt_helpers import dock
 from qtpy.QtWidgets import QWidget
@@ -68,3 +70,45 @@ def test_train_dock_starts_from_the_train_config_defaults(make_napari_viewer) ->
     assert tr.batch.value() == defaults.batch_size
     assert tr.iterations.value() == defaults.iterations
     assert float(tr.lr.text()) == defaults.learning_rate
+
+
+def test_train_dock_config_with_untouched_widgets_is_train_config(viewer_with_stack, tmp_path):
+    """The window trains the recipe TrainConfig() states (loss weights and augmentation included)."""
+    import dataclasses
+
+    from napari_unet._qt.panels.train_settings import RUN_FIELDS
+    from napari_unet.training import TrainConfig
+
+    viewer, _image, _truth = viewer_with_stack()
+    dock(viewer, "1 Annotate").create_labels()
+    tr = dock(viewer, "4 Train")
+    tr.folder_edit.setText(str(tmp_path))
+    config = tr.build_config()
+    defaults = TrainConfig()
+    assert tr.state.config == defaults
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in RUN_FIELDS:
+            assert getattr(config, f.name) == getattr(defaults, f.name), f.name
+    for name in ("w0", "sigma", "class_weights", "object_class", "augmentation", "val_every"):
+        assert getattr(config, name) == getattr(defaults, name), name
+    # the run's context: where checkpoints go, Annotate's classes, the threads left to napari
+    assert Path(config.checkpoint_path).parent == tmp_path
+    assert config.class_names == list(tr.state.class_names)
+    assert config.class_colors == list(tr.state.class_colors)
+    assert config.n_classes == len(tr.state.class_names)
+    assert config.num_threads == tr.threads.field()
+
+
+def test_train_dock_edits_state_config_and_follows_it(make_napari_viewer):
+    tr = dock(make_napari_viewer(), "4 Train")
+    tr.batch.setValue(3)
+    assert tr.state.config.batch_size == 3
+    tr.state.update_config(iterations=77, learning_rate=5e-4)
+    assert tr.iterations.value() == 77
+    assert float(tr.lr.text()) == 5e-4
+    tr.minutes.setValue(5.0)
+    tr.iterations.setValue(0)  # no iteration limit: the time limit decides
+    assert (tr.state.config.iterations, tr.state.config.max_minutes) == (None, 5.0)
+    tr.minutes.setValue(0.0)  # no limit at all: refused, the state keeps its last valid config
+    assert tr.state.config.max_minutes == 5.0
+    assert "needs a limit" in tr.status.text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from qt_helpers import dock, paint
 
@@ -59,14 +61,32 @@ def test_weight_map_current_slice_matches_the_trainer_formula(viewer_with_stack,
     config = TrainConfig(w0=8.0, sigma=4.0, class_weights=None, device="cpu")
     expected = Trainer(_image.data, np.asarray(labels.data), config).weight_map(3)
     np.testing.assert_allclose(wm.layer.data[0], expected, rtol=1e-6)
-    assert wm.state.weight_settings == {
-        "w0": 8.0,
-        "sigma": 4.0,
-        "class_weights": None,
-        "object_class": None,
-    }
+    cfg = wm.state.config
+    assert (cfg.w0, cfg.sigma, cfg.class_weights, cfg.object_class) == (8.0, 4.0, None, None)
     # a setting change recomputes (debounced) into the same layer
     layer = wm.layer
     wm.w0.setValue(2.0)
     qtbot.waitUntil(lambda: wm.layer.data.max() < expected.max() - 1, timeout=30_000)
     assert wm.layer is layer
+
+
+def test_weight_map_preview_defaults_are_the_trainer_weights(viewer_with_stack, qtbot):
+    """Untouched settings, balanced classes, two labelled slices: exactly Trainer.weight_map."""
+    viewer, image, truth = viewer_with_stack()
+    ann = dock(viewer, "1 Annotate")
+    labels = ann.create_labels()
+    paint(labels, truth, 1)
+    stroke = (np.full(40, 3), np.arange(40), np.arange(40))
+    labels.data_setitem(stroke, 1)  # a scribble: the classes are far from balanced
+    wm = dock(viewer, "3 Preview weight map")
+    assert wm.state.config == TrainConfig()  # the window starts from the evaluated recipe
+    wm.balance.setCurrentText("balanced")
+    assert wm.state.config.class_weights == "balanced"
+    qtbot.waitUntil(lambda: set(wm.state.labelled_slices) in ({1, 3}, set()), timeout=10_000)
+    wm.compute("all labelled slices")
+    qtbot.waitUntil(lambda: wm.compute_count >= 1, timeout=30_000)
+    trainer = Trainer(image.data, np.asarray(labels.data), replace(wm.state.config, device="cpu"))
+    assert trainer.labelled_slices == [1, 3]
+    for z in (1, 3):
+        np.testing.assert_allclose(wm.layer.data[z], trainer.weight_map(z), rtol=1e-6)
+    assert not wm.layer.data[[0, 2]].any()

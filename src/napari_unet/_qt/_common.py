@@ -1,7 +1,6 @@
-"""Small helpers shared by the napari-unet widgets (GUI thread only).
+"""Small helpers shared by the napari-unet docks (GUI thread only, no heavy work).
 
-Notifications, error messages, slice ranges, z <-> world conversions, label
-colour maps and a throttle.  Nothing here runs heavy work.
+Notifications, error messages, slice ranges, z <-> world conversions, label colour maps, throttles.
 """
 
 from __future__ import annotations
@@ -16,34 +15,15 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QLabel
 
+# re-exported for docks that still import them from here (their home is napari_unet.classes)
+from ..classes import CLASS_PRESETS, PALETTE, default_colors  # noqa: F401
+from ..slices import parse_slices
+
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
 logger = logging.getLogger("napari_unet")
-
-#: Default colours of classes 1..K (class k gets PALETTE[(k - 1) % len]).
-PALETTE: tuple[str, ...] = (
-    "#ff3b30",  # red
-    "#1e90ff",  # blue
-    "#34c759",  # green
-    "#ffcc00",  # yellow
-    "#af52de",  # purple
-    "#00c7be",  # teal
-    "#ff9500",  # orange
-    "#8e8e93",  # grey
-)
-
-#: Named class presets offered by the Annotate widget.
-CLASS_PRESETS: dict[str, tuple[str, ...]] = {
-    "EM membranes (membrane, cell)": ("membrane", "cell"),
-    "Mitochondria (background, mitochondria)": ("background", "mitochondria"),
-}
-
-
-def default_colors(n: int) -> list[str]:
-    return [PALETTE[i % len(PALETTE)] for i in range(n)]
-
 
 # ----------------------------------------------------------------------------- notifications
 
@@ -107,39 +87,19 @@ def friendly_error(exc: BaseException, context: str) -> str:
 # ----------------------------------------------------------------------------- parsing
 
 
-_RANGE_RE = re.compile(r"^\s*(\d+)\s*(?:[-:]\s*(\d+)\s*)?$")
-
-
-def parse_slice_ranges(text: str, n_slices: int) -> list[int]:
-    """Parse ``"20-22,25"`` into ``[20, 21, 22, 25]`` (inclusive ranges, 0-based).
+def parse_slice_ranges(text: str | None, n_slices: int | None = None) -> list[int]:
+    """Parse ``"20-22,25"`` into ``[20, 21, 22, 25]`` (:func:`napari_unet.slices.parse_slices`).
 
     Raises
     ------
     ValueError
         For bad syntax, reversed ranges or slices outside ``0..n_slices-1``.
     """
-    out: list[int] = []
-    text = (text or "").strip()
-    if not text:
-        return out
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        m = _RANGE_RE.match(part)
-        if m is None:
-            raise ValueError(
-                f"cannot read slice range {part.strip()!r}: use numbers and ranges like '20-22,25'"
-            )
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) is not None else a
-        if b < a:
-            raise ValueError(f"slice range {part.strip()!r} is reversed: write '{b}-{a}'")
-        if b >= n_slices:
-            raise ValueError(
-                f"slice {b} is out of range: the stack has {n_slices} slices (0-{n_slices - 1})"
-            )
-        out.extend(range(a, b + 1))
-    return sorted(set(out))
+    try:
+        return parse_slices(text, n_slices)
+    except ValueError as exc:  # the docks' wording ("reversed") where the CLI's differs
+        text = str(exc).replace("goes backwards", "is reversed")
+        raise ValueError(text.replace("cannot read ", "cannot read slice range ")) from None
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -194,6 +154,18 @@ def spatial_kwargs(layer: Layer, ndim: int | None = None) -> dict[str, Any]:
         except TypeError:
             pass
     return out
+
+
+def slice_placement(layer: Layer, z: int | None = None) -> dict[str, tuple[float, ...]]:
+    """``scale``/``translate`` that put a one-slice ``(1, H, W)`` layer on slice ``z`` of ``layer``.
+
+    ``z=None`` (or a 2D layer): aligned with the whole of ``layer``.
+    """
+    scale = tuple(float(s) for s in layer.scale)
+    trans = np.asarray(layer.translate, dtype=float).copy()
+    if z is not None and layer.ndim >= 3:
+        trans[-3] += int(z) * scale[-3]
+    return {"scale": scale, "translate": tuple(float(t) for t in trans)}
 
 
 def label_colormap(colors: Sequence[str]) -> Any:
@@ -272,3 +244,35 @@ class Debounce(QObject):
     @property
     def pending(self) -> bool:
         return self._timer.isActive()
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def put_layer(
+    viewer: napari.Viewer, existing: Any, name: str, kind: str, data: Any, **kwargs: Any
+) -> Any:
+    """Update ``existing`` (if still in the viewer, same ndim) with ``data``, else add a layer.
+
+    ``kind`` is "image" or "labels"; ``kwargs`` are layer attributes (set on an update) or
+    ``add_<kind>`` arguments.  Adding a layer keeps the active layer (painting continues).
+    """
+    layers = viewer.layers
+    if existing is not None and existing in layers and existing.ndim == data.ndim:
+        kwargs.pop("units", None)
+        kwargs.pop("metadata", None)
+        existing.data = data
+        for key, value in kwargs.items():
+            try:
+                setattr(existing, key, value)
+            except (AttributeError, ValueError, TypeError):
+                pass
+        return existing
+    if existing is not None and existing in layers:
+        layers.remove(existing)
+    active = layers.selection.active
+    kwargs.setdefault("metadata", {"napari_unet": {"generated": True}})
+    layer = getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+    if active is not None and active in layers:
+        layers.selection.active = active
+    return layer

@@ -1,13 +1,20 @@
-"""Facts about napari layers that several docks need: where an image came from,
-which slices a paint event touched.  No widgets here.
+"""Facts about napari layers that several docks need, and how class labels are shown.
+
+Where an image came from, which slices a paint event touched, the class colours of a labels layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._common import label_colormap
+
+if TYPE_CHECKING:
+    from napari.layers import Labels
 
 
 def image_source_path(layer: Any) -> Path | None:
@@ -35,3 +42,23 @@ def atom_slices(atom: Any, ndim: int) -> set[int]:
         return {int(z) for z in np.unique(np.asarray(indices[ndim - 3]))}
     except (TypeError, IndexError, ValueError):
         return set()
+
+
+def paint_slices(event: Any, ndim: int) -> set[int]:
+    """The z indices a Labels ``paint`` event touched (empty when it cannot tell)."""
+    zs: set[int] = set()
+    for atom in getattr(event, "value", None) or ():
+        zs |= atom_slices(atom, ndim)
+    return zs
+
+
+def style_labels(layer: Labels, names: Sequence[str], colors: Sequence[str]) -> None:
+    """Colour ``layer`` by class (0 transparent) and record the classes in its metadata."""
+    layer.colormap = label_colormap(colors)
+    md = dict(layer.metadata.get("napari_unet", {}))
+    md.update(class_names=list(names), class_colors=list(colors))
+    layer.metadata = {**layer.metadata, "napari_unet": md}
+    try:
+        layer.features = {"index": np.arange(len(names) + 1), "class": ["unlabelled", *names]}
+    except (ValueError, TypeError):  # pragma: no cover - features are a nicety
+        pass

@@ -1,19 +1,11 @@
-"""Per-viewer shared state of the napari-unet widgets.
+"""Per-viewer shared state of the napari-unet docks: what they share and the signals they observe.
 
-The seven widgets of one viewer share one :class:`UNetState`: the image and
-training-labels layers, the class names and colours, the augmentation
-settings (Train and the augmentation preview use the same object), the model
-in memory with its metadata, and the last prediction layer.  Widgets listen
-to its Qt signals to stay in sync.
-
-The state also owns the viewer-shutdown hook: when the viewer's window
-closes (or the application quits) it emits :attr:`UNetState.shutting_down`
-*synchronously*, and the widgets stop and wait for their background jobs, so
-no worker outlives the viewer.
+Docks never call each other: they publish facts and requests here and listen to its signals.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -21,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication, QWidget
 
-from ..augment import Augmentation
-from ..sample_data import CLASS_NAMES
-from ._common import default_colors
+from ..classes import DEFAULT_CLASS_NAMES, default_colors
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels, Layer
 
-logger = logging.getLogger("napari_unet")
+    from ..augment import Augmentation
+    from ..training import TrainConfig
 
+logger = logging.getLogger("napari_unet")
 _STATES: weakref.WeakKeyDictionary[Any, UNetState] = weakref.WeakKeyDictionary()
 
 
@@ -55,42 +47,53 @@ class _CloseFilter(QObject):
 
 
 class UNetState(QObject):
-    """What the napari-unet widgets of one viewer share."""
+    """What the napari-unet docks of one viewer share.
+
+    :attr:`config` is the one home of the training, weight-map and augmentation
+    settings, built from ``TrainConfig()``; the viewer closing emits
+    :attr:`shutting_down` synchronously so the docks stop their workers.
+    """
 
     image_changed = Signal(object)
     labels_changed = Signal(object)
     classes_changed = Signal()
+    #: the training configuration changed (any field)
+    config_changed = Signal()
+    #: ``config.augmentation`` changed (emitted after ``config_changed``)
     augmentation_changed = Signal()
     model_changed = Signal()
     prediction_changed = Signal(object)
-    weights_changed = Signal()
+    #: ``{z: class counts}`` of the labelled slices (published by Annotate)
+    labelled_slices_changed = Signal(object)
+    #: the full softmax of the last prediction, or None (published by Predict)
+    probabilities_changed = Signal(object)
+    #: slices (list, or None = unknown) whose labels were edited outside a paint stroke
+    labels_edited = Signal(object)
+    #: somebody asked the Train dock to start (Correct's "fine-tune")
+    training_requested = Signal()
+    training_busy_changed = Signal(bool)
     #: emitted once, synchronously, when the viewer closes: stop your workers now
     shutting_down = Signal()
 
     def __init__(self, viewer: napari.Viewer) -> None:
+        from ..training import TrainConfig
+
         super().__init__()
         self._viewer_ref = weakref.ref(viewer)
         self.image_layer: Image | None = None
         self.labels_layer: Labels | None = None
         self.prediction_layer: Labels | None = None
         self.probability_layer: Image | None = None
-        self.class_names: list[str] = list(CLASS_NAMES)
+        self.class_names: list[str] = list(DEFAULT_CLASS_NAMES)
         self.class_colors: list[str] = default_colors(len(self.class_names))
-        self.augmentation: Augmentation = Augmentation()
-        #: border weight map settings shared by the weight-map preview and Train
-        #: (TrainConfig's w0, sigma, class_weights, object_class; None = last class)
-        self.weight_settings: dict[str, Any] = {
-            "w0": 10.0,
-            "sigma": 5.0,
-            "class_weights": "balanced",
-            "object_class": None,
-        }
+        self.config: TrainConfig = TrainConfig()
+        self.labelled_slices: dict[int, Any] = {}
         #: full (K, Z, H, W) softmax of the last prediction (numpy or zarr), if kept
         self.probabilities: Any = None
+        self.training_busy = False
         self.model: Any = None
         self.metadata: dict[str, Any] = {}
         self.checkpoint_path: str | None = None
-        self.widgets: weakref.WeakValueDictionary[str, QWidget] = weakref.WeakValueDictionary()
         self.closed = False
         self._window_ref: weakref.ref[QObject] | None = None
         self._filter: _CloseFilter | None = None
@@ -135,19 +138,63 @@ class UNetState(QObject):
             raise ValueError("at least one class is needed")
         self.class_names = list(names)
         self.class_colors = list(colors)
+        if self.config.object_class is not None and self.config.object_class > len(names):
+            self.update_config(object_class=None)  # the border objects: the last class again
         self.classes_changed.emit()
+
+    # -- training configuration -----------------------------------------------------------
+    @property
+    def augmentation(self) -> Augmentation:
+        return self.config.augmentation
+
+    def update_config(self, **fields: Any) -> None:
+        """Replace fields of :attr:`config` (validated by TrainConfig; ValueError leaves it as is)."""
+        names = {f.name for f in dataclasses.fields(self.config)}
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        try:
+            config = dataclasses.replace(self.config, **fields)
+            config.validate()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from exc
+        old_aug = self.config.augmentation
+        self.config = config
+        self.config_changed.emit()
+        if config.augmentation != old_aug:
+            self.augmentation_changed.emit()
 
     def set_augmentation(self, aug: Augmentation) -> None:
         aug.validate()
-        self.augmentation = aug
-        self.augmentation_changed.emit()
+        self.update_config(augmentation=aug)
 
-    def set_weight_settings(self, **settings: Any) -> None:
-        unknown = set(settings) - set(self.weight_settings)
-        if unknown:
-            raise ValueError(f"unknown weight map settings: {sorted(unknown)}")
-        self.weight_settings.update(settings)
-        self.weights_changed.emit()
+    # -- published facts -------------------------------------------------------------------
+    def set_labelled_slices(self, slices: dict[int, Any]) -> None:
+        self.labelled_slices = dict(slices)
+        self.labelled_slices_changed.emit(self.labelled_slices)
+
+    def set_probabilities(self, probabilities: Any) -> None:
+        self.probabilities = probabilities
+        self.probabilities_changed.emit(probabilities)
+
+    def mark_labels_edited(self, slices: Any = None) -> None:
+        """Tell the docks that ``slices`` (None: unknown ones) of the labels were edited."""
+        zs = None if slices is None else sorted({int(z) for z in slices})
+        self.labels_edited.emit(zs)
+
+    def request_training(self) -> bool:
+        """Ask the Train dock to start; False when no Train dock is open to hear it."""
+        try:
+            listening = self.receivers(self.training_requested) > 0
+        except TypeError:  # a Qt binding that wants the signature string
+            listening = True
+        self.training_requested.emit()
+        return listening
+
+    def set_training_busy(self, busy: bool) -> None:
+        if bool(busy) != self.training_busy:
+            self.training_busy = bool(busy)
+            self.training_busy_changed.emit(self.training_busy)
 
     def set_model(
         self, model: Any, metadata: dict[str, Any], checkpoint: str | None = None

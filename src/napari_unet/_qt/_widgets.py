@@ -1,15 +1,19 @@
-"""Reusable Qt pieces: a layer picker, a base class for the dock widgets, a loss plot."""
+"""Reusable Qt pieces of the docks: a layer picker, a path field and the docks' base class.
+
+The base class gives every dock the viewer, the shared state, a status line and its jobs.
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -17,12 +21,15 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from ..fields import field_bounds
 from ._common import notify_error, notify_info, notify_warning
 from ._state import UNetState, get_state, unwrap_viewer
+from .panels.run_row import RunRow
 
 if TYPE_CHECKING:
     import napari
@@ -111,6 +118,41 @@ class LayerCombo(QComboBox):
         self.layer_changed.emit(self.value)
 
 
+def form_layout(panel: QWidget | None = None) -> QFormLayout:
+    """A form whose fields grow; set on ``panel`` (without margins) when given."""
+    form = QFormLayout(panel) if panel is not None else QFormLayout()
+    if panel is not None:
+        form.setContentsMargins(0, 0, 0, 0)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    return form
+
+
+def check_box(text: str, checked: bool = True, tooltip: str = "") -> QCheckBox:
+    """A check box, ticked by default."""
+    box = QCheckBox(text)
+    box.setChecked(checked)
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
+
+
+class Guard:
+    """A re-entrancy flag: ``with guard:`` marks a block, ``guard.active`` is true inside it.
+
+    Docks use it so that showing a state change in their widgets is not written back.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def __enter__(self) -> Guard:
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.active = False
+
+
 def path_row(placeholder: str) -> tuple[QHBoxLayout, QLineEdit, QPushButton]:
     """A path field with a narrow browse button ("…") beside it."""
     row = QHBoxLayout()
@@ -126,17 +168,12 @@ def path_row(placeholder: str) -> tuple[QHBoxLayout, QLineEdit, QPushButton]:
 class UNetWidget(QWidget):
     """Base of the napari-unet dock widgets: viewer, shared state, status line, job."""
 
-    #: key under which the widget registers itself in ``state.widgets``
-    key: str = ""
-
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         # napari hands plugin widgets a PublicOnlyProxy of the viewer; layers obtained
         # through it are proxies too, which breaks `layer is state.labels_layer`
         self.viewer = unwrap_viewer(napari_viewer)
         self.state: UNetState = get_state(self.viewer)
-        if self.key:
-            self.state.widgets[self.key] = self
         self._jobs: dict[str, Job] = {}
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -168,25 +205,15 @@ class UNetWidget(QWidget):
 
     # -- layout helpers --------------------------------------------------------------------
     def add_form(self) -> QFormLayout:
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form = form_layout()
         self.layout().addLayout(form)
         return form
 
     def add_run_row(self, start: str, stop: str) -> tuple[QPushButton, QPushButton, QProgressBar]:
         """A start and a (disabled) stop button side by side, and a progress bar below."""
-        row = QHBoxLayout()
-        start_btn = QPushButton(start)
-        stop_btn = QPushButton(stop)
-        stop_btn.setEnabled(False)
-        row.addWidget(start_btn)
-        row.addWidget(stop_btn)
-        self.layout().addLayout(row)
-        progress = QProgressBar()
-        progress.setRange(0, 1)
-        progress.setValue(0)
-        self.layout().addWidget(progress)
-        return start_btn, stop_btn, progress
+        row = RunRow(start, stop)
+        self.layout().addWidget(row)
+        return row.start_btn, row.stop_btn, row.progress
 
     def grayscale_image(self, missing: str) -> Any:
         """The chosen image layer if it is a grayscale stack; else notify (``missing``) and None."""
@@ -198,6 +225,20 @@ class UNetWidget(QWidget):
             self.error(f"image {image.name!r} is RGB: napari-unet needs a grayscale stack")
             return None
         return image
+
+    def layers_problem(self) -> str | None:
+        """Why the image and training labels cannot be used together (None when they can)."""
+        image, labels = self.state.image_layer, self.state.labels_layer
+        if image is None:
+            return "no image layer: open a stack (File > Open) and pick it in '1 Annotate'"
+        if labels is None:
+            return "no training labels layer: create one in '1 Annotate' and paint some slices"
+        if tuple(labels.data.shape) != tuple(image.data.shape):
+            return (
+                f"labels layer shape {tuple(labels.data.shape)} does not match image "
+                f"{tuple(image.data.shape)}: create labels for this image in '1 Annotate'"
+            )
+        return None
 
     def finish_layout(self) -> None:
         self.layout().addWidget(self.status)
@@ -230,6 +271,14 @@ class UNetWidget(QWidget):
     def job(self, name: str = "main") -> Job | None:
         return self._jobs.get(name)
 
+    def cancel_job(self, name: str = "main") -> bool:
+        """Ask job ``name`` to stop if it runs; return whether it did."""
+        job = self._jobs.get(name)
+        if job is None or not job.running:
+            return False
+        job.cancel()
+        return True
+
     def busy(self, name: str = "main") -> bool:
         job = self._jobs.get(name)
         return job is not None and job.running
@@ -252,144 +301,78 @@ def _shutdown_jobs(jobs: dict[str, Job]) -> None:
         job.shutdown()
 
 
-class CurvePlot(QWidget):
-    """A minimal line plot drawn with QPainter (no plotting dependency).
+# ----------------------------------------------------------------------------- config fields
 
-    Two series share the x axis: ``loss`` (left axis, log scale when it spans
-    more than a decade) and ``metric`` (right axis, 0..1, drawn as dots).
-    ``add_*`` only stores points; the widget repaints at most ``fps`` times
-    per second.
-    """
+#: the largest value a spin box can show (Qt's int range; a float box goes as far)
+SPIN_MAX = 2**31 - 1
 
-    def __init__(self, parent: QWidget | None = None, fps: float = 4.0) -> None:
-        super().__init__(parent)
-        self.setMinimumHeight(140)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.loss: list[tuple[float, float]] = []
-        self.metric: list[tuple[float, float]] = []
-        self.metric_name = "validation"
-        self.x_max: float | None = None
-        self._dirty = False
-        self.paint_count = 0
-        self._timer = QTimer(self)
-        self._timer.setInterval(max(int(1000 / fps), 50))
-        self._timer.timeout.connect(self._maybe_update)
-        self._timer.start()
 
-    def clear(self) -> None:
-        self.loss.clear()
-        self.metric.clear()
-        self._dirty = True
+class _FieldSpinMixin:
+    """A spin box for one dataclass field: range from its bounds; optional fields show
+    ``special`` at the minimum, which means None."""
 
-    def add_loss(self, x: float, y: float) -> None:
-        if math.isfinite(y):
-            self.loss.append((float(x), float(y)))
-            self._dirty = True
+    _optional = False
+    _is_int = True
 
-    def add_metric(self, x: float, y: float) -> None:
-        if math.isfinite(y):
-            self.metric.append((float(x), float(y)))
-            self._dirty = True
+    def _setup(self, cls: Any, name: str, special: str | None, step: float | None) -> None:
+        bounds = field_bounds(cls).get(name)
+        annotation = str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
+        self._optional = bounds.optional if bounds is not None else "None" in annotation
+        low = bounds.low if bounds is not None and bounds.low is not None else 0
+        if bounds is not None and bounds.low_open:
+            low += 1 if self._is_int else 10.0 ** -self.decimals()  # type: ignore[attr-defined]
+        high = bounds.high if bounds is not None and bounds.high is not None else SPIN_MAX
+        minimum = 0 if self._optional and special else low
+        cast = int if self._is_int else float
+        self.setRange(cast(minimum), cast(high))  # type: ignore[attr-defined]
+        if step is not None:
+            self.setSingleStep(cast(step))  # type: ignore[attr-defined]
+        if special:
+            self.setSpecialValueText(special)  # type: ignore[attr-defined]
+        self._special = bool(special)
 
-    def _maybe_update(self) -> None:
-        if self._dirty and self.isVisible():
-            self._dirty = False
-            self.update()
+    def field(self) -> Any:
+        """The value as the field stores it (None at the special minimum of an optional field)."""
+        value = self.value()  # type: ignore[attr-defined]
+        if self._optional and self._special and value == self.minimum():  # type: ignore[attr-defined]
+            return None
+        return int(value) if self._is_int else float(value)
 
-    @staticmethod
-    def _smooth(
-        points: Sequence[tuple[float, float]], max_points: int
-    ) -> list[tuple[float, float]]:
-        if len(points) <= max_points:
-            return list(points)
-        step = len(points) / max_points
-        out = []
-        for i in range(max_points):
-            chunk = points[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)]
-            out.append((chunk[-1][0], sum(p[1] for p in chunk) / len(chunk)))
-        return out
+    def set_field(self, value: Any) -> None:
+        self.setValue(self.minimum() if value is None else value)  # type: ignore[attr-defined]
 
-    def paintEvent(self, event: Any) -> None:
-        self.paint_count += 1
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        pal = self.palette()
-        fg = pal.color(pal.ColorRole.WindowText)
-        rect = QRectF(self.rect()).adjusted(44, 8, -40, -20)
-        p.setPen(QPen(fg, 1))
-        p.drawRect(rect)
-        if not self.loss:
-            p.drawText(rect, Qt.AlignmentFlag.AlignCenter, "loss curve appears here")
-            p.end()
-            return
-        pts = self._smooth(self.loss, max(int(rect.width()), 2))
-        xs = [x for x, _ in self.loss] + [x for x, _ in self.metric]
-        x0 = min(xs)
-        x1 = max(max(xs), self.x_max or 0.0, x0 + 1.0)
-        ys = [y for _, y in pts]
-        lo, hi = min(ys), max(ys)
-        log = lo > 0 and hi / lo > 10.0
-        f = (lambda v: math.log10(v)) if log else (lambda v: v)
-        flo, fhi = f(lo), f(hi)
-        if fhi - flo < 1e-12:
-            flo, fhi = flo - 0.5, fhi + 0.5
 
-        def to_px(x: float, y: float, ylo: float, yhi: float) -> QPointF:
-            px = rect.left() + (x - x0) / (x1 - x0) * rect.width()
-            py = rect.bottom() - (y - ylo) / (yhi - ylo) * rect.height()
-            return QPointF(px, py)
+class IntFieldSpin(_FieldSpinMixin, QSpinBox):
+    _is_int = True
 
-        path = QPainterPath()
-        for i, (x, y) in enumerate(pts):
-            q = to_px(x, f(y), flo, fhi)
-            if i == 0:
-                path.moveTo(q)
-            else:
-                path.lineTo(q)
-        p.setPen(QPen(QColor("#ff9500"), 1.5))
-        p.drawPath(path)
-        if self.metric:
-            p.setPen(QPen(QColor("#34c759"), 1.5))
-            p.setBrush(QColor("#34c759"))
-            prev = None
-            for x, y in self.metric:
-                q = to_px(x, min(max(y, 0.0), 1.0), 0.0, 1.0)
-                if prev is not None:
-                    p.drawLine(prev, q)
-                p.drawEllipse(q, 2.5, 2.5)
-                prev = q
-        p.setPen(QPen(fg, 1))
-        small = p.font()
-        small.setPointSizeF(max(small.pointSizeF() * 0.8, 6.0))
-        p.setFont(small)
-        fmt = (lambda v: f"{10**v:.3g}") if log else (lambda v: f"{v:.3g}")
-        p.drawText(QRectF(0, rect.top() - 6, 42, 14), Qt.AlignmentFlag.AlignRight, fmt(fhi))
-        p.drawText(QRectF(0, rect.bottom() - 8, 42, 14), Qt.AlignmentFlag.AlignRight, fmt(flo))
-        p.drawText(
-            QRectF(rect.left(), rect.bottom() + 2, rect.width(), 16),
-            Qt.AlignmentFlag.AlignLeft,
-            f"{x0:.0f}",
-        )
-        p.drawText(
-            QRectF(rect.left(), rect.bottom() + 2, rect.width(), 16),
-            Qt.AlignmentFlag.AlignRight,
-            f"{x1:.0f} it",
-        )
-        p.setPen(QPen(QColor("#ff9500"), 1))
-        p.drawText(
-            QRectF(rect.left() + 4, rect.top() + 2, 200, 14), 0, "loss" + (" (log)" if log else "")
-        )
-        if self.metric:
-            p.setPen(QPen(QColor("#34c759"), 1))
-            p.drawText(
-                QRectF(rect.right() + 2, rect.top() - 6, 38, 14), Qt.AlignmentFlag.AlignLeft, "1"
-            )
-            p.drawText(
-                QRectF(rect.right() + 2, rect.bottom() - 8, 38, 14), Qt.AlignmentFlag.AlignLeft, "0"
-            )
-            p.drawText(
-                QRectF(rect.left() + 4, rect.top() + 16, 260, 14),
-                0,
-                f"{self.metric_name} {self.metric[-1][1]:.3f}",
-            )
-        p.end()
+
+class FloatFieldSpin(_FieldSpinMixin, QDoubleSpinBox):
+    _is_int = False
+
+
+def field_spin(
+    cls: Any,
+    name: str,
+    *,
+    special: str | None = None,
+    step: float | None = None,
+    decimals: int | None = None,
+) -> IntFieldSpin | FloatFieldSpin:
+    """A spin box over the accepted values of field ``name`` of the dataclass ``cls``."""
+    bounds = field_bounds(cls).get(name)
+    annotation = str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
+    is_int = bounds.kind == "int" if bounds is not None else annotation.startswith("int")
+    spin: IntFieldSpin | FloatFieldSpin = IntFieldSpin() if is_int else FloatFieldSpin()
+    if decimals is not None and isinstance(spin, FloatFieldSpin):
+        spin.setDecimals(decimals)
+    spin._setup(cls, name, special, step)
+    return spin
+
+
+def set_choices(
+    combo: QComboBox, choices: Sequence[Any], text: dict[Any, str] | None = None
+) -> None:
+    """Fill ``combo`` with ``choices`` (item data), shown as ``text[choice]`` or the choice."""
+    combo.clear()
+    for choice in choices:
+        combo.addItem((text or {}).get(choice, str(choice)), choice)

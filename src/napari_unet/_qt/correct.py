@@ -1,13 +1,6 @@
-"""6 Correct: accept the prediction of a slice into the training labels, undoably.
+"""6 Correct: accept the prediction of a slice into the training labels, undoably, then fine-tune.
 
-"Accept prediction for this slice" copies the predicted classes of the
-current slice into the training labels -- by default only where nothing has
-been painted (labels == 0), so the user's strokes are never overwritten
-unless "replace painted pixels too" is ticked.  The write goes through
-``Labels.data_setitem``, which records napari's undo history, so Ctrl+Z on
-the labels layer (or "Undo") restores the previous labels exactly.  The
-paint event it emits lets Annotate autosave and a running training pick the
-slice up.
+Edits and the fine-tune request go through the viewer's state, never to another dock.
 """
 
 from __future__ import annotations
@@ -16,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QCheckBox, QLabel, QPushButton, QWidget
 
 from ._common import current_z, label_colormap
 from ._widgets import LayerCombo, UNetWidget
+from .panels.run_row import button_row
 
 if TYPE_CHECKING:
     import napari
@@ -27,8 +21,6 @@ if TYPE_CHECKING:
 
 class CorrectWidget(UNetWidget):
     """Turn a corrected prediction into training labels, then fine-tune."""
-
-    key = "correct"
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
@@ -47,12 +39,11 @@ class CorrectWidget(UNetWidget):
             "on: the prediction also overwrites what you painted on this slice"
         )
         form.addRow(self.replace)
-        row = QHBoxLayout()
-        self.accept_btn = QPushButton("Accept prediction for this slice")
-        self.undo_btn = QPushButton("Undo")
+        row, (self.accept_btn, self.undo_btn) = button_row(
+            "Accept prediction for this slice", "Undo"
+        )
         self.undo_btn.setToolTip("napari's undo of the training labels (Ctrl+Z on the layer)")
-        row.addWidget(self.accept_btn, 1)
-        row.addWidget(self.undo_btn)
+        row.setStretch(0, 1)
         self.layout().addLayout(row)
         self.train_btn = QPushButton("Train (fine-tune the model in memory)")
         self.layout().addWidget(self.train_btn)
@@ -152,6 +143,7 @@ class CorrectWidget(UNetWidget):
             labels.visible = True
         labels.data_setitem(indices, values)  # recorded in napari's undo history
         labels.colormap = label_colormap(self.state.class_colors)
+        self.state.mark_labels_edited([z])
         self.info(
             f"slice {z}: {ys.size:,} pixel(s) accepted from the prediction (undo with Ctrl+Z)",
             notify=False,
@@ -164,19 +156,13 @@ class CorrectWidget(UNetWidget):
             self.error("no training labels layer")
             return
         labels.undo()
-        ann = self.state.widgets.get("annotate")
-        if ann is not None:
-            ann.mark_dirty()
+        self.state.mark_labels_edited(None)  # napari does not say which slices the undo touched
         self.info("undone", notify=False)
 
     def fine_tune(self) -> None:
-        train = self.state.widgets.get("train")
-        if train is None:
-            self.info("open '4 Train' (Plugins > napari U-Net) and press Start to fine-tune")
-            return
-        if train.busy():
+        """Ask the Train dock to fine-tune (it picks the model in memory when there is one)."""
+        if self.state.training_busy:
             self.info("training is running: it picks up the accepted slices by itself")
             return
-        if self.state.model is not None:
-            train.set_model_choice("memory")
-        train.start()
+        if not self.state.request_training():
+            self.info("open '4 Train' (Plugins > napari U-Net) and press Start to fine-tune")

@@ -1,24 +1,17 @@
-"""7 Export: masks, probabilities and the model, written atomically in a worker.
+"""7 Export: masks, probabilities and the model, written atomically by :mod:`napari_unet.writers`.
 
-* masks (training labels and/or prediction) as multipage TIFF that Fiji opens
-  as a stack with the right scale (:func:`napari_unet.io.write_labels_tiff`),
-  optionally also one PNG per slice (uint8 / uint16);
-* probabilities (K, Z, Y, X) float32 as an ImageJ TIFF or a zarr array;
-* the model in memory as a checkpoint (:func:`napari_unet.checkpoint.save_checkpoint`).
-
-Every file is written to a temporary name in the target folder and renamed,
-so a full disk never leaves a half file over an old one; errors (folder not
-writable, disk full) become a notification telling what to do.
+Masks as labels TIFF (and PNGs), probabilities as an ImageJ TIFF or zarr, the model as a
+checkpoint; a worker reads the layers slice by slice and writes, errors become notifications.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -30,7 +23,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io import InvalidImageError, atomic_write, smallest_unsigned_dtype, write_labels_tiff
+from ..io import InvalidImageError
+from ..writers import (
+    write_mask_tiff,
+    write_pngs,
+    write_probabilities_tiff,
+    write_probabilities_zarr,
+)
 from ._common import friendly_error, sanitize_name
 from ._layers import image_source_path
 from ._widgets import UNetWidget, path_row
@@ -39,111 +38,29 @@ from ._workers import Job
 if TYPE_CHECKING:
     import napari
 
-
-def _as_numpy(data: Any) -> np.ndarray:
-    if hasattr(data, "compute") and not isinstance(data, np.ndarray):
-        data = data.compute()
-    return np.asarray(data)
+#: one export step: what to call in the worker, and how to word what it wrote
+Task = tuple[Callable[[], Any], Callable[[Any], str]]
 
 
-def _write_pngs(folder: Path, data: Any) -> list[Path]:
-    import imageio.v3 as iio
+def _save_model(path: Path, model: Any, metadata: dict[str, Any]) -> Path:
+    from ..checkpoint import save_checkpoint
 
-    folder.mkdir(parents=True, exist_ok=True)
-    arr = data if data.ndim >= 3 else data[None]
-    dtype = smallest_unsigned_dtype(np.asarray(arr[0]))
-    if arr.shape[0] > 1:
-        dtype = max(
-            (smallest_unsigned_dtype(np.asarray(arr[z])) for z in range(arr.shape[0])),
-            key=lambda d: d.itemsize,
-        )
-    if dtype.itemsize > 2:
-        raise InvalidImageError("labels above 65535 do not fit in a PNG: export TIFF instead")
-    out = []
-    for z in range(arr.shape[0]):
-        sl = _as_numpy(arr[z]).astype(dtype, copy=False)
-        path = folder / f"slice_{z:04d}.png"
-        atomic_write(path, lambda tmp, sl=sl: iio.imwrite(tmp, sl, extension=".png"), suffix=".png")
-        out.append(path)
-    return out
+    return save_checkpoint(path, model, **metadata)
 
 
-def _write_probabilities_tiff(path: Path, probs: Any, scale: tuple[float, ...]) -> Path:
-    import tifffile
-
-    arr = _as_numpy(probs).astype(np.float32, copy=False)  # (K, Z, Y, X) or (K, Y, X)
-    if arr.ndim == 4:
-        arr = np.moveaxis(arr, 0, 1)  # ImageJ order: Z C Y X
-        axes = "ZCYX"
-    else:
-        axes = "CYX"
-    sy, sx = scale[-2], scale[-1]
-    metadata: dict[str, Any] = {"axes": axes}
-    if arr.ndim == 4:
-        metadata["spacing"] = float(scale[-3])
-
-    def _write(tmp: Path) -> None:
-        tifffile.imwrite(
-            str(tmp), arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy), metadata=metadata,
-            compression="zlib", photometric="minisblack",
-        )  # fmt: skip
-
-    return atomic_write(path, _write)
-
-
-def _write_probabilities_zarr(path: Path, probs: Any) -> Path:
-    import zarr
-
-    parent = path.parent
-    if not os.access(parent, os.W_OK):
-        raise InvalidImageError(f"{parent}: folder is not writable")
-    tmp = parent / f".{path.name}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shape = tuple(probs.shape)
-    chunks = tuple([1] * (len(shape) - 2) + [min(shape[-2], 1024), min(shape[-1], 1024)])
-    try:
-        z = zarr.open_array(str(tmp), mode="w", shape=shape, chunks=chunks, dtype="float32")
-        lead = shape[:-2]
-        for idx in np.ndindex(*lead):
-            z[idx] = _as_numpy(probs[idx]).astype(np.float32, copy=False)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise InvalidImageError(
-            f"{path}: could not write the zarr array ({exc.strerror or exc})"
-        ) from exc
-    return path
-
-
-def _export_job(tasks: list[tuple[str, Any]]) -> Any:
+def _export_job(tasks: list[Task]) -> Any:
     """Worker: run the export tasks one by one, yielding what was written."""
-    for what, args in tasks:
-        if what == "labels":
-            path, data, scale = args
-            yield ("written", str(write_labels_tiff(path, data, scale=scale, unit="pixel")))
-        elif what == "png":
-            folder, data = args
-            files = _write_pngs(folder, data)
-            yield ("written", f"{folder} ({len(files)} PNG)")
-        elif what == "probs_tiff":
-            path, probs, scale = args
-            yield ("written", str(_write_probabilities_tiff(path, probs, scale)))
-        elif what == "probs_zarr":
-            path, probs = args
-            yield ("written", str(_write_probabilities_zarr(path, probs)))
-        elif what == "model":
-            from ..checkpoint import save_checkpoint
+    for write, describe in tasks:
+        yield ("written", describe(write()))
 
-            path, model, metadata = args
-            yield ("written", str(save_checkpoint(path, model, **metadata)))
+
+def _pngs_written(folder: Path) -> Callable[[list[Path]], str]:
+    return lambda files: f"{folder} ({len(files)} PNG)"
 
 
 class ExportWidget(UNetWidget):
     """Write the masks, probabilities and model to a folder."""
 
-    key = "export"
     export_finished = Signal(bool)
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
@@ -157,10 +74,10 @@ class ExportWidget(UNetWidget):
         form.addRow("Masks", self.what)
         self.png = QCheckBox("also one PNG per slice")
         form.addRow(self.png)
-        prow = QHBoxLayout()
-        self.probs = QCheckBox("probabilities as")
         self.probs_fmt = QComboBox()
         self.probs_fmt.addItems(["TIFF", "zarr"])
+        prow = QHBoxLayout()
+        self.probs = QCheckBox("probabilities as")
         prow.addWidget(self.probs)
         prow.addWidget(self.probs_fmt, 1)
         form.addRow(prow)
@@ -199,11 +116,8 @@ class ExportWidget(UNetWidget):
         image = self.state.image_layer
         return sanitize_name(image.name) if image is not None else "napari-unet"
 
-    def export(self) -> Job | None:
-        """Check the folder and inputs, then write everything in a worker."""
-        if self.busy():
-            self.warning("an export is already running")
-            return None
+    def _output_folder(self) -> Path | None:
+        """The chosen folder, created if needed; None after telling the user why not."""
         text = self.folder.text().strip()
         if not text:
             self.error("choose an output folder (the '…' button)")
@@ -221,31 +135,37 @@ class ExportWidget(UNetWidget):
         if not os.access(folder, os.W_OK):
             self.error(f"folder {folder} is not writable: choose another folder")
             return None
-        prefix = self._prefix()
-        tasks: list[tuple[str, Any]] = []
+        return folder
+
+    def _mask_tasks(self, folder: Path, prefix: str) -> list[Task] | None:
+        """Masks of the training labels and/or the prediction (read in the worker, never copied)."""
         what = self.what.currentText()
-        layers = []
-        if what in ("training labels", "both"):
-            lab = self.state.labels_layer
-            if lab is None and what == "training labels":
-                self.error("no training labels layer to export: create one in '1 Annotate'")
-                return None
-            if lab is not None:
-                layers.append(("labels", lab))
-        if what in ("prediction", "both"):
-            pred = self.state.prediction_layer
-            if pred is None and what == "prediction":
-                self.error("no prediction to export: run '5 Predict' first")
-                return None
-            if pred is not None:
-                layers.append(("prediction", pred))
-        for tag, layer in layers:
-            data = layer.data
-            snapshot = np.array(data, copy=True) if isinstance(data, np.ndarray) else data
+        wanted = (
+            ("labels", "training labels", self.state.labels_layer,
+             "no training labels layer to export: create one in '1 Annotate'"),
+            ("prediction", "prediction", self.state.prediction_layer,
+             "no prediction to export: run '5 Predict' first"),
+        )  # fmt: skip
+        tasks: list[Task] = []
+        for tag, choice, layer, missing in wanted:
+            if what not in (choice, "both"):
+                continue
+            if layer is None:
+                if what == choice:
+                    self.error(missing)
+                    return None
+                continue
             scale = tuple(float(s) for s in layer.scale)
-            tasks.append(("labels", (folder / f"{prefix}_{tag}.tif", snapshot, scale)))
+            path = folder / f"{prefix}_{tag}.tif"
+            tasks.append((partial(write_mask_tiff, path, layer.data, scale), str))
             if self.png.isChecked():
-                tasks.append(("png", (folder / f"{prefix}_{tag}_png", snapshot)))
+                pngs = folder / f"{prefix}_{tag}_png"
+                tasks.append((partial(write_pngs, pngs, layer.data), _pngs_written(pngs)))
+        return tasks
+
+    def _other_tasks(self, folder: Path, prefix: str) -> list[Task] | None:
+        """The probabilities and the model, when ticked."""
+        tasks: list[Task] = []
         if self.probs.isChecked():
             probs = self.state.probabilities
             if probs is None:
@@ -253,27 +173,43 @@ class ExportWidget(UNetWidget):
                     "no probabilities: predict with 'probabilities of' ticked in '5 Predict'"
                 )
                 return None
-            scale = (
-                tuple(float(s) for s in self.state.image_layer.scale)
-                if self.state.image_layer
-                else (1.0,) * 3
-            )
+            image = self.state.image_layer
+            scale = tuple(float(s) for s in image.scale) if image is not None else (1.0,) * 3
             if self.probs_fmt.currentText() == "TIFF":
-                tasks.append(("probs_tiff", (folder / f"{prefix}_probabilities.tif", probs, scale)))
+                path = folder / f"{prefix}_probabilities.tif"
+                tasks.append((partial(write_probabilities_tiff, path, probs, scale), str))
             else:
-                tasks.append(("probs_zarr", (folder / f"{prefix}_probabilities.zarr", probs)))
+                path = folder / f"{prefix}_probabilities.zarr"
+                tasks.append((partial(write_probabilities_zarr, path, probs), str))
         if self.model.isChecked():
             if self.state.model is None:
                 self.error("no model in memory to export: train one in '4 Train'")
                 return None
-            tasks.append(
-                (
-                    "model",
-                    (folder / f"{prefix}_unet.pt", self.state.model, dict(self.state.metadata)),
-                )
-            )
-        if not tasks:
+            path = folder / f"{prefix}_unet.pt"
+            metadata = dict(self.state.metadata)
+            tasks.append((partial(_save_model, path, self.state.model, metadata), str))
+        return tasks
+
+    def _tasks(self, folder: Path) -> list[Task] | None:
+        """Everything ticked that can be written (None after saying what is missing)."""
+        prefix = self._prefix()
+        masks = self._mask_tasks(folder, prefix)
+        others = self._other_tasks(folder, prefix) if masks is not None else None
+        if masks is None or others is None:
+            return None
+        if not masks + others:
             self.error("nothing to export: tick something, or create labels / run a prediction")
+            return None
+        return masks + others
+
+    def export(self) -> Job | None:
+        """Check the folder and inputs, then write everything in a worker."""
+        tasks = None
+        if self.busy():
+            self.warning("an export is already running")
+        elif (folder := self._output_folder()) is not None:
+            tasks = self._tasks(folder)
+        if tasks is None:
             return None
         self.written = []
         self._failed = False
@@ -295,7 +231,8 @@ class ExportWidget(UNetWidget):
         self._failed = True
         if isinstance(exc, InvalidImageError):
             msg = f"export failed: {exc}"
-            if "not writable" in str(exc) or "could not write" in str(exc):
+            on_disk = isinstance(exc, OSError) or "not writable" in msg or "could not write" in msg
+            if on_disk and "choose another folder" not in msg:  # a write error, not the data
                 msg += "; choose another folder or free some disk space"
             self.error(msg)
         else:
