@@ -17,16 +17,31 @@ if TYPE_CHECKING:
 
 PLUGIN = "napari-unet"
 
-#: widget key -> display name in napari.yaml
-WIDGETS: dict[str, str] = {
-    "annotate": "1 Annotate",
-    "augmentation": "2 Preview augmentation",
-    "weightmap": "3 Preview weight map",
-    "train": "4 Train",
-    "predict": "5 Predict",
-    "correct": "6 Correct",
-    "export": "7 Export",
-}
+#: the docks' keys, in the order of the manifest's widget contributions
+DOCK_KEYS: tuple[str, ...] = (
+    "annotate",
+    "augmentation",
+    "weightmap",
+    "train",
+    "predict",
+    "correct",
+    "export",
+)
+
+
+def _dock_names() -> dict[str, str]:
+    """Dock key -> display name, read from the packaged napari.yaml (the one source)."""
+    from importlib.resources import files
+
+    import yaml
+
+    manifest = yaml.safe_load(files("napari_unet").joinpath("napari.yaml").read_text("utf-8"))
+    names = [w["display_name"] for w in manifest["contributions"]["widgets"]]
+    return dict(zip(DOCK_KEYS, names, strict=True))
+
+
+#: dock key -> display name in napari.yaml
+WIDGETS: dict[str, str] = _dock_names()
 
 __all__ = ["WIDGETS", "open_all_widgets"]
 
