@@ -163,3 +163,27 @@ def test_restore_can_be_declined(viewer_with_stack, tmp_path):
     ann.set_autosave(folder=folder)
     ann.restore_check.setChecked(False)
     assert not ann.create_labels().data.any()
+
+
+def test_suggested_slices_table_and_next(viewer_with_stack, qtbot, notifications):
+    from napari_unet._qt._common import current_z
+    from napari_unet.suggest import Ranking, SliceScore
+
+    viewer, image, truth = viewer_with_stack(scale=(3.0, 1.0, 1.0))
+    ann = dock(viewer, "1 Annotate")
+    assert ann.suggestion_table.rowCount() == 0
+    assert "after training" in ann.suggestions.summary.text()
+    labels = ann.create_labels()
+    scores = [SliceScore(z, s, s) for z, s in ((2, 0.5), (0, 0.4), (3, 0.3), (1, 0.1))]
+    ann.state.set_suggestions(Ranking(scores=scores))
+    assert ann.suggestion_table.slices() == [2, 0, 3, 1]
+    assert ann.suggestion_table.item(0, 2).text() == "0.500"
+    paint(labels, truth, 0)  # a labelled slice is never suggested
+    qtbot.waitUntil(lambda: 0 in ann.state.labelled_slices, timeout=10_000)
+    assert [ann.go_to_next_suggestion() for _ in range(3)] == [2, 3, 1]
+    assert viewer.dims.point[0] == 3.0  # slice 1 at z scale 3
+    assert current_z(viewer, image) == 1
+    assert ann.go_to_next_suggestion() == 2  # all visited: from the top again
+    assert any("starting from the top" in m for m in messages(notifications, "info"))
+    ann.suggestion_table._on_double_clicked(2, 0)  # the row of slice 1
+    assert current_z(viewer, image) == 1

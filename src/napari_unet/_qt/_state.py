@@ -72,6 +72,8 @@ class UNetState(QObject):
     #: somebody asked the Train dock to start (Correct's "fine-tune")
     training_requested = Signal()
     training_busy_changed = Signal(bool)
+    #: the unlabelled slices ranked by the model's uncertainty (a ``suggest.Ranking``), or None
+    suggestions_changed = Signal(object)
     #: emitted once, synchronously, when the viewer closes: stop your workers now
     shutting_down = Signal()
 
@@ -91,6 +93,8 @@ class UNetState(QObject):
         #: full (K, Z, H, W) softmax of the last prediction (numpy or zarr), if kept
         self.probabilities: Any = None
         self.training_busy = False
+        #: ``suggest.Ranking`` of the unlabelled slices for the model in memory, or None
+        self.suggestions: Any = None
         self.model: Any = None
         self.metadata: dict[str, Any] = {}
         self.checkpoint_path: str | None = None
@@ -176,6 +180,10 @@ class UNetState(QObject):
     def set_probabilities(self, probabilities: Any) -> None:
         self.probabilities = probabilities
         self.probabilities_changed.emit(probabilities)
+
+    def set_suggestions(self, ranking: Any) -> None:
+        self.suggestions = ranking
+        self.suggestions_changed.emit(ranking)
 
     def mark_labels_edited(self, slices: Any = None) -> None:
         """Tell the docks that ``slices`` (None: unknown ones) of the labels were edited."""

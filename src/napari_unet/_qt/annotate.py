@@ -1,7 +1,8 @@
 """1 Annotate: the training labels layer, its classes, the labelled-slice table and the autosave.
 
 Creates (restoring an autosave) or adopts the labels of the image, publishes the labelled slices
-in the shared state and autosaves the painted slices in a worker (:mod:`napari_unet.autosave`).
+in the shared state, autosaves the painted slices in a worker (:mod:`napari_unet.autosave`) and
+suggests the next slice to correct (:mod:`.panels.suggestions`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ._workers import Job
 from .panels.autosave_box import AutosaveBox
 from .panels.class_table import ClassPanel
 from .panels.slice_table import SlicePanel, count_slices, count_values
+from .panels.suggestions import SuggestionPanel
 
 if TYPE_CHECKING:
     import napari
@@ -86,7 +88,11 @@ class AnnotateWidget(UNetWidget):
         self.add_class = self.classes.add_class
         self.remove_last_class = self.classes.remove_last_class
         self.autosave_box = AutosaveBox(autosave_interval)
-        for panel in (self.classes, self.slices, self.autosave_box):
+        # the unlabelled slices ranked by the model's uncertainty, and "go to the next suggestion"
+        self.suggestions = SuggestionPanel(self.viewer, self.state, self.start_job)
+        self.suggestion_table, self.next_btn = self.suggestions.table, self.suggestions.next_btn
+        self.go_to_next_suggestion = self.suggestions.go_to_next
+        for panel in (self.classes, self.slices, self.suggestions, self.autosave_box):
             self.layout().addWidget(panel)
         self.finish_layout()
         self._stats_throttle = Throttle(self._update_stats, 400, self)
@@ -125,7 +131,9 @@ class AnnotateWidget(UNetWidget):
             (self.labels_combo.layer_changed, self._on_labels_combo),
             (self.create_btn.clicked, self.create_labels),
             (self.classes.message, lambda level, text: getattr(self, level)(text)),
+            (self.suggestions.message, lambda level, text: getattr(self, level)(text)),
             (self.slice_table.slice_activated, self.go_to_slice),
+            (self.suggestions.slice_activated, self.go_to_slice),
             (box.tick, self._autosave_tick),
             (box.folder_changed, self._update_autosave_hint),
             (state.classes_changed, self._on_classes_changed),

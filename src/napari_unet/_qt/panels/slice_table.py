@@ -56,21 +56,42 @@ def balance_summary(rows: Mapping[int, np.ndarray], names: Sequence[str]) -> str
     return f"{len(rows)} labelled slice(s), {n_total:,} px: {bal}"
 
 
-class SliceTable(QTableWidget):
-    """One read-only row per labelled slice: its index, labelled pixels and class balance."""
+class SliceRows(QTableWidget):
+    """A read-only table of one row per slice; a double click on a row emits its slice."""
 
     #: the slice index of a double-clicked row
     slice_activated = Signal(int)
+    #: the column that holds the slice index
+    slice_column = 0
 
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(0, 3, parent)
-        self.setHorizontalHeaderLabels(["slice", "labelled px", "class balance"])
+    def __init__(self, headers: Sequence[str], parent: QWidget | None = None) -> None:
+        super().__init__(0, len(headers), parent)
+        self.setHorizontalHeaderLabels(list(headers))
         self.verticalHeader().setVisible(False)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        self.setMinimumHeight(120)
+        self.horizontalHeader().setSectionResizeMode(
+            len(headers) - 1, QHeaderView.ResizeMode.Stretch
+        )
         self.cellDoubleClicked.connect(self._on_double_clicked)
+
+    def slices(self) -> list[int]:
+        """The slice of each row, top to bottom."""
+        column = self.slice_column
+        return [int(self.item(r, column).text()) for r in range(self.rowCount())]
+
+    def _on_double_clicked(self, row: int, col: int) -> None:
+        item = self.item(row, self.slice_column)
+        if item is not None:
+            self.slice_activated.emit(int(item.text()))
+
+
+class SliceTable(SliceRows):
+    """One row per labelled slice: its index, labelled pixels and class balance."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(["slice", "labelled px", "class balance"], parent)
+        self.setMinimumHeight(120)
 
     def show_counts(self, rows: Mapping[int, np.ndarray], names: Sequence[str]) -> None:
         """One row per ``{z: counts of values 0..K}`` entry, in the order given."""
@@ -87,11 +108,6 @@ class SliceTable(QTableWidget):
                 if col < 2:
                     item.setTextAlignment(right)
                 self.setItem(r, col, item)
-
-    def _on_double_clicked(self, row: int, col: int) -> None:
-        item = self.item(row, 0)
-        if item is not None:
-            self.slice_activated.emit(int(item.text()))
 
 
 class SlicePanel(QGroupBox):
