@@ -558,3 +558,53 @@ def test_compute_normalization():
     assert compute_normalization(np.full((8, 8), 3, np.uint8)) == {"mean": 3.0, "std": 1.0}
     with pytest.raises(ValueError, match="image must be"):
         compute_normalization(np.zeros(5))
+
+
+# --------------------------------------------------------------------------- intensity range
+
+
+def test_same_stack_in_three_dtypes_predicts_the_same_classes(stack, trained, tmp_path):
+    """uint8, uint16 x257 and float 0..1 copies of the training stack: identical classes."""
+    from napari_unet.normalization import stack_normalization
+
+    image, _ = stack
+    trainer, _, _ = trained
+    model, meta = load_checkpoint(trainer.save(tmp_path / "m.pt"))
+    assert meta["intensity"]["dtype"] == "uint8"
+    assert meta["intensity"]["low"] < meta["intensity"]["high"]
+    copies = {
+        "uint8": image,
+        "uint16": image.astype(np.uint16) * 257,
+        "float": image.astype(np.float32) / 255,
+    }
+    results, notes = {}, {}
+    for name, copy in copies.items():
+        stats, notes[name] = stack_normalization(copy, meta["normalization"], meta["intensity"])
+        results[name] = predict_tiled(model, copy, device="cpu", normalization=stats)
+    assert notes["uint8"] is None  # the training stack itself: the recorded statistics
+    assert "uint16" in notes["uint16"] and "mapped linearly" in notes["uint16"]
+    assert "float32" in notes["float"]
+    np.testing.assert_array_equal(results["uint16"], results["uint8"])
+    np.testing.assert_array_equal(results["float"], results["uint8"])
+    # without the conversion, the recorded absolute statistics give another result
+    raw = predict_tiled(model, copies["uint16"], device="cpu", normalization=meta["normalization"])
+    assert (raw != results["uint8"]).mean() > 0.1
+    # an old checkpoint (no intensity range) warns instead of mapping
+    stats, note = stack_normalization(copies["uint16"], meta["normalization"], None)
+    assert stats == meta["normalization"] and "far from the training stack" in note
+
+
+def test_fine_tuning_maps_another_dtype_onto_the_model_frame(stack, trained, tmp_path):
+    image, truth = stack
+    trainer, _, _ = trained
+    model, meta = load_checkpoint(trainer.save(tmp_path / "m.pt"))
+    labels = np.zeros_like(truth)
+    labels[2] = truth[2]
+    tuned = Trainer(image.astype(np.float32) / 255, labels, config(iterations=1), model=model,
+                    metadata=meta)  # fmt: skip
+    events = run_all(tuned)
+    warnings = [e.message for e in events if isinstance(e, TrainingWarning)]
+    assert any("mapped linearly" in w for w in warnings)
+    assert tuned.metadata["normalization"] == meta["normalization"]  # the model's frame
+    assert tuned.metadata["intensity"] == meta["intensity"]
+    assert tuned._input_norm["mean"] == pytest.approx(meta["normalization"]["mean"] / 255)

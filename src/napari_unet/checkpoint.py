@@ -1,14 +1,18 @@
 """Saving and safely loading trained U-Nets: one ``torch.save`` file of tensors and JSON values.
 
-Loading uses ``torch.load(..., weights_only=True)``, so it never executes code from the file.
+Loading never executes code from the file (``weights_only``) and checks the configuration, the
+tensors' shapes and the metadata before building anything; saving refuses non-finite weights.
 """
 
 from __future__ import annotations
 
+import io
 import numbers
 import os
-import tempfile
+import re
+import reprlib
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,18 @@ import torch
 
 from . import __version__
 from .model import UNet
+from .outputs import replace_atomically
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CONFIG_BOUNDS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "load_checkpoint",
+    "nonfinite_weight",
+    "save_checkpoint",
+]
 
 FORMAT = "napari-unet-checkpoint"
 FORMAT_VERSION = 1
@@ -30,6 +44,20 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist (both a ``CheckpointError`` and a ``FileNotFoundError``)."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """The checkpoint could not be written (disk full, permissions, ...); the old file is kept."""
+
+
+#: accepted model configurations, checked before anything is built: (lowest, highest)
+CONFIG_BOUNDS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 64),
+    "n_classes": (1, 1024),
+    "depth": (1, 10),
+    "base_channels": (1, 1024),
+}
+_CONFIG_KEYS = frozenset({*CONFIG_BOUNDS, "padding", "norm", "dropout"})
 
 
 def _json_like(value: Any, where: str) -> Any:
@@ -114,21 +142,38 @@ def save_checkpoint(path: str | os.PathLike[str], model: UNet, **metadata: Any) 
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot save a checkpoint to {path}: it is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    bad = nonfinite_weight(model)
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: not saved: weight {bad!r} contains NaN or infinite values (the training "
+            "diverged; lower the learning rate); an existing file there is unchanged"
+        )
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: disk errors then come with an errno
+    data = buffer.getbuffer()
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointWriteError(f"{path}: could not create its folder: {exc.strerror}") from exc
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    def verify(tmp: Path) -> None:
+        if tmp.stat().st_size != len(data):
+            raise OSError(f"only {tmp.stat().st_size} of {len(data)} bytes were written")
+        torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+
+    return replace_atomically(path, write, suffix=".pt", error=CheckpointWriteError, verify=verify)
+
+
+def nonfinite_weight(model: torch.nn.Module) -> str | None:
+    """The name of the first weight or buffer of ``model`` with NaN/inf values, or None."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def load_checkpoint(
@@ -180,6 +225,7 @@ def load_checkpoint(
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: the checkpoint 'metadata' is not a dict")
     model = _build_model(path, config, state)
+    _check_metadata(path, metadata, model.n_classes)
     model.to(map_location)
     model.eval()
     return model, metadata
@@ -193,7 +239,7 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = _load_failure(exc)
         raise CheckpointError(
             f"{path} is not a napari-unet checkpoint or was tampered with: {detail}"
         ) from exc
@@ -216,12 +262,84 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
     return payload
 
 
-def _build_model(path: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> UNet:
-    """The UNet of ``config`` with the weights ``state``, all finite."""
+def _load_failure(exc: BaseException) -> str:
+    """One line on why ``torch.load`` refused a file (never torch's advice to load it unsafely)."""
+    text = str(exc).strip()
+    inner = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", text, re.S)
+    if inner is not None:
+        detail = inner.group(1).strip()
+        found = re.match(r"Unsupported global: GLOBAL (\S+)", detail)
+        if found:
+            return (
+                f"it refers to the Python object {found.group(1)}, which napari-unet never "
+                "loads (it could run code)"
+            )
+        if detail.startswith("Unsupported operand"):
+            return "its content is not a torch checkpoint (unreadable pickle data)"
+    if "weights_only" in text or "Weights only" in text:
+        return (
+            "it holds Python objects other than tensors and plain values, which napari-unet "
+            "never loads (they could run code)"
+        )
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _short(value: Any) -> str:
+    return reprlib.repr(value)
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Bounds of the configuration's sizes (before anything is allocated)."""
+    unknown = sorted(str(k) for k in config if k not in _CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"{path}: invalid model configuration: unknown key(s) {_short(unknown)}"
+        )
+    for key, (low, high) in CONFIG_BOUNDS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise CheckpointError(
+                f"{path}: invalid model configuration: {key} must be an integer "
+                f"{low}..{high}, got {_short(value)}"
+            )
+
+
+def _check_shapes(path: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """The tensors of ``state`` against the model of ``config``, built without memory."""
     try:
-        model = UNet(**config)
+        with torch.device("meta"):
+            skeleton = UNet(**config)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid model configuration {config!r}: {exc}") from exc
+        text = str(exc) if len(str(exc)) <= 200 else str(exc)[:200] + "..."
+        raise CheckpointError(
+            f"{path}: invalid model configuration {_short(config)}: {text}"
+        ) from exc
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    problems = [f"missing {k!r}" for k in expected if k not in state]
+    problems += [f"unexpected {_short(k)}" for k in state if k not in expected]
+    problems += [
+        f"{k!r} has shape {tuple(state[k].shape)}, expected {shape}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{path}: the saved weights do not match the saved model configuration: "
+            f"{'; '.join(problems[:3])}{more}"
+        )
+
+
+def _build_model(path: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> UNet:
+    """The UNet of ``config`` with the weights ``state``, all finite, checked before building."""
+    _check_config(path, config)
+    _check_shapes(path, config, state)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name!r} contains NaN or infinite values")
+    model = UNet(**config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -230,7 +348,101 @@ def _build_model(path: Path, config: dict[str, Any], state: dict[str, torch.Tens
             f"{path}: the saved weights do not match the saved model configuration: "
             f"{' '.join(line.strip() for line in first[:3])}"
         ) from exc
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path}: weight {name!r} contains NaN or infinite values")
     return model
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_normalization(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping) and all(_is_number(value.get(k)) for k in ("mean", "std")):
+        mean, std = float(value["mean"]), float(value["std"])
+        if np.isfinite(mean) and np.isfinite(std) and std > 0:
+            return None
+    return "needs finite numbers 'mean' and 'std' > 0"
+
+
+def _check_label_mapping(value: Any, n_classes: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        return "must be a {file value: class} dict"
+    for key, cls in value.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) <= 2**32 - 1):
+            return f"file values must be whole numbers 0..{2**32 - 1}, got {_short(key)}"
+        if isinstance(cls, bool) or not isinstance(cls, int) or not 1 <= cls <= n_classes:
+            return f"classes must be 1..{n_classes}, got {_short(cls)}"
+    if len(set(value.values())) != len(value):
+        return "maps two file values to the same class"
+    return None
+
+
+def _check_strings(value: Any, longest: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > CONFIG_BOUNDS["n_classes"][1]:
+        return f"must be a list of at most {CONFIG_BOUNDS['n_classes'][1]} strings"
+    for item in value:
+        if not isinstance(item, str) or not 0 < len(item) <= longest or not item.isprintable():
+            return (
+                f"entries must be printable strings of 1..{longest} characters, got {_short(item)}"
+            )
+    return None
+
+
+def _check_count(value: Any) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return None
+    return "must be a whole number >= 0"
+
+
+def _check_records(value: Any) -> str | None:
+    """A list of flat dicts (one per iteration) of numbers, strings and None."""
+    if value is None:
+        return None
+    flat = (int, float, str, type(None))
+    if isinstance(value, list) and all(
+        isinstance(entry, dict) and all(isinstance(v, flat) for v in entry.values())
+        for entry in value
+    ):
+        return None
+    return "must be a list of {name: number} dicts"
+
+
+def _check_metadata(path: Path, metadata: dict[str, Any], n_classes: int) -> None:
+    """One-line ``CheckpointError`` for a known metadata entry of the wrong kind."""
+    from .normalization import check_intensity
+
+    def intensity(value: Any) -> str | None:
+        if value is None:
+            return None
+        try:
+            check_intensity(value)
+        except ValueError as exc:
+            return str(exc).removeprefix("intensity ")
+        return None
+
+    checks = {
+        "normalization": _check_normalization,
+        "label_mapping": lambda v: _check_label_mapping(v, n_classes),
+        "class_names": lambda v: _check_strings(v, 200),
+        "class_colors": lambda v: _check_strings(v, 64),
+        "iterations": _check_count,
+        "history": _check_records,
+        "validation_history": _check_records,
+        "intensity": intensity,
+    }
+    for key, check in checks.items():
+        problem = check(metadata.get(key))
+        if problem is not None:
+            raise CheckpointError(
+                f"{path}: invalid metadata {key!r}: {problem}, got {_short(metadata[key])}"
+                if "got" not in problem
+                else f"{path}: invalid metadata {key!r}: {problem}"
+            )

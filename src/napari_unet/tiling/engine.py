@@ -1,6 +1,7 @@
 """The tiling engine: streams slices and their tiles through the network in batches.
 
-Reads ahead and writes behind in threads, averages test-time augmentation, shrinks on CUDA OOM.
+Reads ahead and writes behind in threads, averages test-time augmentation, shrinks on CUDA OOM;
+NaN/inf pixels are predicted as the mean intensity and counted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .geometry import TilePlan, pad_slice, plan_tiles, resolve_overlap, round_ti
 from .inference import CHANNELS_LAST_DEVICES
 from .memory import default_batch, default_tile_and_batch
 
-__all__ = ["PredictionCancelled", "TilingWarning", "labels_from_probs"]
+__all__ = ["NonFiniteWarning", "PredictionCancelled", "TilingWarning", "labels_from_probs"]
 
 ProgressCallback = Callable[[int, int], "bool | None"]
 
@@ -51,6 +52,21 @@ class PredictionCancelled(Exception):
 
 class TilingWarning(UserWarning):
     """Emitted when the tiling had to change on the fly (e.g. after a CUDA OOM)."""
+
+
+class NonFiniteWarning(UserWarning):
+    """The image had NaN/inf pixels: they were predicted as the mean intensity.
+
+    ``count`` such pixels of ``total``, on the slices ``slices`` (``[0]`` for a 2-D image).
+    """
+
+    def __init__(self, count: int, total: int, slices: list[int]) -> None:
+        self.count, self.total, self.slices = int(count), int(total), list(slices)
+        where = "" if len(slices) <= 1 else f" on {len(slices)} slices"
+        super().__init__(
+            f"the image has {self.count:,} NaN/inf pixel(s) of {self.total:,}{where}: they "
+            "were predicted as the mean intensity"
+        )
 
 
 class _ShrinkTiles(Exception):
@@ -171,6 +187,7 @@ class Engine:
             batch = default_batch(model, device, self.plan_for(self.hw).tile, amp)
         self.batch = batch if batch_size is None else batch_size
 
+        self.nonfinite: dict[int, int] = {}  # slice -> NaN/inf pixels (set to the mean)
         self.done_slices = 0  # slices finished (handed to the writer)
         self.done_tiles = 0  # tiles computed, for progress
         self.finished_tiles = 0  # tiles of finished slices
@@ -213,6 +230,11 @@ class Engine:
         data = raw.astype(np.float32, copy=True)
         data -= np.float32(self.mean)
         data /= np.float32(self.std)
+        if raw.dtype.kind == "f":
+            bad = ~np.isfinite(data)
+            if bad.any():
+                data[bad] = 0.0  # the mean intensity
+                self.nonfinite[z] = int(np.count_nonzero(bad))
         plan = self.plan_for(self.hw, tile)
         padded = self._host_tensor(pad_slice(data, plan))
         return (data if len(self.transforms) > 1 else None), padded, plan
@@ -431,6 +453,13 @@ class Engine:
         self.total_tiles = self.finished_tiles + (self.n_slices - self.done_slices) * (
             self.tiles_per_slice()
         )
+
+    def nonfinite_warning(self) -> NonFiniteWarning | None:
+        """What :meth:`run` met: a :class:`NonFiniteWarning`, or None when all pixels were finite."""
+        if not self.nonfinite:
+            return None
+        total = self.n_slices * self.hw[0] * self.hw[1]
+        return NonFiniteWarning(sum(self.nonfinite.values()), total, sorted(self.nonfinite))
 
     def run(self) -> None:
         """Predict every slice into the outputs (the caller's thread computes)."""

@@ -6,6 +6,7 @@ Checks the arguments, picks the outputs and the normalisation, runs the engine o
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +19,11 @@ from ..devices import resolve_device
 from ..labels import label_dtype
 from ..normalization import estimate_normalization
 from ..slices import array_shape
-from .engine import Engine, PredictionCancelled, ProgressCallback, TilingWarning
+from .engine import Engine, NonFiniteWarning, PredictionCancelled, ProgressCallback, TilingWarning
 from .geometry import check_model, resolve_overlap, tile_pair
 from .inference import inference_model
 
-__all__ = ["PredictionCancelled", "TilingWarning", "predict_tiled"]
+__all__ = ["NonFiniteWarning", "PredictionCancelled", "TilingWarning", "predict_tiled"]
 
 
 def check_image(image: Any) -> tuple[int, ...]:
@@ -182,7 +183,8 @@ def predict_tiled(
     Returns
     -------
     labels, or (labels, probabilities)
-        Class values ``1..n_classes`` (argmax + 1).  Bad arguments raise TypeError/ValueError.
+        Class values ``1..n_classes`` (argmax + 1).  Bad arguments raise TypeError/ValueError;
+        NaN/inf pixels are predicted as the mean intensity (a :class:`NonFiniteWarning`).
     """
     check_model(model)
     shape = check_image(image)
@@ -193,7 +195,7 @@ def predict_tiled(
     norm = image_normalization(image, normalization)
     out, probs_out = _outputs(model, shape, out, probabilities_out, return_probabilities, pdtype)
     with inference_model(model, dev) as net:
-        Engine(
+        engine = Engine(
             net,
             image,
             dev,
@@ -206,5 +208,8 @@ def predict_tiled(
             out=out,
             probs_out=probs_out,
             progress=progress,
-        ).run()
+        )
+        engine.run()
+    if (warning := engine.nonfinite_warning()) is not None:
+        warnings.warn(warning, stacklevel=2)
     return out if probs_out is None else (out, probs_out)

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 from ..model import PRESETS
 from ..normalization import compute_normalization
+from . import events
 from .config import TrainConfig
-from .events import (
-    CheckpointSaved,
-    Finished,
-    Iteration,
-    LabelsChanged,
-    Preview,
-    TrainingEvent,
-    TrainingStarted,
-    TrainingWarning,
-    Validation,
-)
+from .events import *  # noqa: F403 - the event classes, listed in events.__all__
 from .sampler import DEFAULT_SAME_PATCH_CPU, DEFAULT_SAME_PATCH_CUDA, DEFAULT_VALID_OUTPUT
-from .schedule import FINAL_LR_FRACTION, LR_SCHEDULES, validation_interval, warmup_iterations
+from .schedule import (
+    FINAL_LR_FRACTION,
+    LR_SCHEDULES,
+    MAX_SKIPPED_STEPS,
+    validation_interval,
+    warmup_iterations,
+)
 from .trainer import Trainer, train
 
 __all__ = [
@@ -29,20 +26,13 @@ __all__ = [
     "DEFAULT_VALID_OUTPUT",
     "FINAL_LR_FRACTION",
     "LR_SCHEDULES",
+    "MAX_SKIPPED_STEPS",
     "PRESETS",
-    "CheckpointSaved",
-    "Finished",
-    "Iteration",
-    "LabelsChanged",
-    "Preview",
     "TrainConfig",
     "Trainer",
-    "TrainingEvent",
-    "TrainingStarted",
-    "TrainingWarning",
-    "Validation",
     "compute_normalization",
     "train",
     "validation_interval",
     "warmup_iterations",
+    *events.__all__,
 ]

@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "CheckpointSaved",
+    "Diverged",
     "Finished",
     "Iteration",
     "LabelsChanged",
@@ -106,6 +107,20 @@ class TrainingWarning(TrainingEvent):
 
 
 @dataclass(frozen=True)
+class Diverged(TrainingEvent):
+    """Training stopped: ``skipped`` steps in a row had a NaN/inf loss or gradient.
+
+    Skipped steps change nothing, so the weights are the last finite ones;
+    :class:`Finished` (reason ``"diverged"``) follows.
+    """
+
+    kind: ClassVar[str] = "diverged"
+    iteration: int
+    skipped: int
+    message: str
+
+
+@dataclass(frozen=True)
 class LabelsChanged(TrainingEvent):
     """The live labels changed: these slices were (re)loaded or dropped."""
 
@@ -115,7 +130,7 @@ class LabelsChanged(TrainingEvent):
 
 @dataclass(frozen=True)
 class Finished(TrainingEvent):
-    """Last event of a run.  ``reason``: "completed", "stopped" or "time_limit"."""
+    """Last event of a run.  ``reason``: "completed", "stopped", "time_limit" or "diverged"."""
 
     kind: ClassVar[str] = "finished"
     reason: str

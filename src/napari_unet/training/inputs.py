@@ -13,10 +13,10 @@ import torch
 
 from ..classes import reconcile_classes
 from ..model import UNet
-from ..normalization import compute_normalization
-from ..slices import array_shape, read_slice
+from ..normalization import check_intensity, stack_normalization, training_statistics
+from ..slices import array_shape, format_slices, read_slice
 from .config import TrainConfig
-from .live_labels import find_labelled_slices
+from .live_labels import MAX_NONFINITE_FRACTION, LiveLabels, find_labelled_slices
 
 __all__ = [
     "build_model",
@@ -24,6 +24,7 @@ __all__ = [
     "check_classes",
     "class_names_and_colors",
     "held_out_slices",
+    "nonfinite_check",
     "normalization_stats",
     "training_labels",
 ]
@@ -141,13 +142,52 @@ def class_names_and_colors(
     return reconcile_classes(n_classes, names, colors)
 
 
-def normalization_stats(image: Any, metadata: Mapping[str, Any]) -> dict[str, float]:
-    """The checkpoint's normalisation statistics when it has them, else the image's."""
+def normalization_stats(
+    image: Any, metadata: Mapping[str, Any]
+) -> tuple[dict[str, float], dict[str, Any] | None, dict[str, float], str | None]:
+    """How training normalises ``image``: ``(recorded, intensity, applied, note)``.
+
+    A new model records the image's statistics and intensity range
+    (:func:`napari_unet.normalization.training_statistics`) and applies them.
+    Fine-tuning keeps the checkpoint's (the model's frame) and applies them
+    through :func:`napari_unet.normalization.stack_normalization`, so another
+    dtype or range is mapped onto the one the model was trained on; ``note``
+    says so (or None).
+    """
     norm = metadata.get("normalization")
     if isinstance(norm, Mapping) and "mean" in norm and "std" in norm:
         stats = {"mean": float(norm["mean"]), "std": float(norm["std"])}
+        intensity = metadata.get("intensity")
+        if intensity is not None:
+            intensity = check_intensity(intensity)
+        applied, note = stack_normalization(image, stats, intensity)
     else:
-        stats = compute_normalization(image)
+        stats, intensity = training_statistics(image)
+        applied, note = stats, None
     if not stats["std"] > 0:
         raise ValueError(f"normalization std must be > 0, got {stats['std']}")
-    return stats
+    return stats, intensity, applied, note
+
+
+def nonfinite_check(live: LiveLabels) -> str | None:
+    """Refuse too many NaN/inf pixels on the training slices; a warning for a few (or None)."""
+    bad = live.nonfinite_at_start
+    n_bad, total = sum(bad.values()), max(1, live.pixels_at_start)
+    where = format_slices(sorted(bad))
+    if n_bad > MAX_NONFINITE_FRACTION * total:
+        raise ValueError(
+            f"{n_bad:,} of the {total:,} pixels ({100 * n_bad / total:.1f} %) of the training "
+            f"slices are NaN or infinite (slices {where}); training masks at most "
+            f"{100 * MAX_NONFINITE_FRACTION:g} % of them out of the loss: fix the image first"
+        )
+    if not live.slices:
+        raise ValueError(
+            f"every labelled pixel lies on a NaN or infinite image pixel (slices {where}): "
+            "nothing is left to train on"
+        )
+    if not n_bad:
+        return None
+    return (
+        f"{n_bad:,} NaN/inf pixels on training slice(s) {where} are left out of the loss "
+        "(treated as unlabelled) and of the normalisation"
+    )

@@ -1,6 +1,7 @@
 """The live-label cache: labelled slices read as the user paints, with their loss weights.
 
-Labelled slices are re-checked (pixel count and checksum) and the others scanned round-robin.
+Labelled slices are re-checked (pixel count and checksum) and the others scanned round-robin;
+NaN/inf image pixels are left out of the loss (treated as unlabelled).
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from ..slices import read_slice
 from ..weightmap import border_term, class_weight_lut
 from .config import TrainConfig
 
-__all__ = ["LabelledSlice", "LiveLabels", "find_labelled_slices", "signature"]
+__all__ = [
+    "MAX_NONFINITE_FRACTION",
+    "LabelledSlice",
+    "LiveLabels",
+    "find_labelled_slices",
+    "signature",
+]
 
+#: training refuses images whose training slices have more NaN/inf pixels than this fraction
+MAX_NONFINITE_FRACTION = 0.10
 #: pixels of not-yet-labelled slices checked per live re-scan
 _SCAN_PIXEL_BUDGET = 64 * 2**20
 #: store the flat indices of labelled pixels when fewer than this fraction is labelled
@@ -39,12 +48,32 @@ class LabelledSlice:
     coords: np.ndarray | None  # flat indices of labelled pixels (sparse slices)
     border: np.ndarray | None = None  # float32 border term of the weight map
     raw_signature: tuple[int, int] | None = None  # of the live array as last read
+    nonfinite: np.ndarray | None = None  # bool (H, W): NaN/inf image pixels (then filled)
+
+    @property
+    def n_nonfinite(self) -> int:
+        return 0 if self.nonfinite is None else int(np.count_nonzero(self.nonfinite))
 
 
 def signature(labels: np.ndarray) -> tuple[int, int]:
     """``(labelled pixel count, adler32 checksum)`` of a labels slice."""
     arr = np.ascontiguousarray(labels)
     return int(np.count_nonzero(arr)), zlib.adler32(memoryview(arr).cast("B"))
+
+
+def mask_nonfinite(
+    image: np.ndarray, labels: np.ndarray, fill: float, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``image`` with its NaN/inf pixels (or ``mask``) set to ``fill``, ``labels`` 0 there,
+    and the mask (None when every pixel is finite)."""
+    if mask is None and image.dtype.kind == "f":
+        bad = ~np.isfinite(image)
+        mask = bad if bad.any() else None
+    if mask is None:
+        return image, labels, None
+    image = np.where(mask, np.asarray(fill, image.dtype), image)
+    labels = np.where(mask, 0, labels).astype(labels.dtype, copy=False)
+    return image, labels, mask
 
 
 def find_labelled_slices(labels: Any, n_slices: int) -> list[int]:
@@ -76,8 +105,10 @@ class LiveLabels:
         object_class: int,
         config: TrainConfig,
         excluded: Iterable[int] = (),
+        fill: float = 0.0,
     ) -> None:
         self.image = image
+        self.fill = float(fill)  # the raw value NaN/inf pixels become (normalises to 0)
         self.labels = labels
         self.n_slices = int(labels.shape[0]) if len(labels.shape) == 3 else 1
         self.slice_shape: tuple[int, int] = (int(labels.shape[-2]), int(labels.shape[-1]))
@@ -92,6 +123,9 @@ class LiveLabels:
         self._warned_bad_labels = False
         self._warned_empty = False
         self.slices: dict[int, LabelledSlice] = {}
+        #: NaN/inf pixels of the slices loaded by :meth:`load`, and their pixel count
+        self.nonfinite_at_start: dict[int, int] = {}
+        self.pixels_at_start = 0
         self.class_lut = np.ones(self.n_classes + 1, dtype=np.float32)
 
     # ------------------------------------------------------------------ reading
@@ -107,7 +141,13 @@ class LiveLabels:
         """Fill the cache with the given raw labels slices (at the start of training)."""
         for z, arr in raw.items():
             labels, _ = self.clean(z, arr)
-            self.slices[z] = self._cache_entry(z, labels, image=None)
+            entry = self._cache_entry(z, labels, cached=None)
+            entry.raw_signature = signature(np.asarray(arr))
+            self.pixels_at_start += entry.labels.size
+            if entry.n_nonfinite:
+                self.nonfinite_at_start[z] = entry.n_nonfinite
+            if entry.n_labelled:  # all its labels may lie on NaN pixels
+                self.slices[z] = entry
         self._update_class_lut()
 
     def clean(self, z: int, raw: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -124,9 +164,14 @@ class LiveLabels:
                 )
         return arr.astype(label_dtype(self.n_classes), copy=False), warning
 
-    def _cache_entry(self, z: int, labels: np.ndarray, image: np.ndarray | None) -> LabelledSlice:
-        if image is None:
-            image = read_slice(self.image, z)
+    def _cache_entry(
+        self, z: int, labels: np.ndarray, cached: LabelledSlice | None
+    ) -> LabelledSlice:
+        if cached is None:
+            image, mask = read_slice(self.image, z), None
+        else:  # already filled: mask the new labels where the image was not finite
+            image, mask = cached.image, cached.nonfinite
+        image, labels, mask = mask_nonfinite(image, labels, self.fill, mask)
         sig = signature(labels)
         n = sig[0]
         counts = np.bincount(labels.ravel(), minlength=self.n_classes + 1)[: self.n_classes + 1]
@@ -137,7 +182,9 @@ class LiveLabels:
         cfg = self._config
         if cfg.loss != "dice" and n:
             border = border_term(labels, self.object_class, cfg.w0, cfg.sigma)
-        return LabelledSlice(z, image, labels, sig, n, counts.astype(np.int64), coords, border)
+        entry = LabelledSlice(z, image, labels, sig, n, counts.astype(np.int64), coords, border)
+        entry.nonfinite = mask
+        return entry
 
     def _update_class_lut(self) -> None:
         counts = sum((s.class_counts for s in self.slices.values()), np.zeros(1, np.int64))
@@ -238,7 +285,9 @@ class LiveLabels:
         if not np.any(labels):
             new_slices.pop(z, None)
             return True
-        image = cached.image if cached is not None else None
-        new_slices[z] = self._cache_entry(z, labels, image)
-        new_slices[z].raw_signature = raw_sig
+        entry = self._cache_entry(z, labels, cached)
+        if not entry.n_labelled:  # every label lies on a NaN/inf pixel
+            return new_slices.pop(z, None) is not None
+        entry.raw_signature = raw_sig
+        new_slices[z] = entry
         return True

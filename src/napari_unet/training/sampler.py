@@ -21,6 +21,7 @@ __all__ = [
     "min_patch_size",
     "resolve_patch_size",
     "sample_batch",
+    "shrink_after_oom",
     "smaller_patch_size",
 ]
 
@@ -94,6 +95,26 @@ def smaller_patch_size(model: UNet, input_size: int) -> int | None:
         out = int(model.output_size(input_size))
         new = int(model.valid_input_size(max(smallest, model.context + out // 2)))
     return new if new < input_size else None
+
+
+def shrink_after_oom(
+    model: UNet, batch_size: int, patch_size: int, input_size: int
+) -> tuple[int, int, str]:
+    """After running out of memory: half the batch, else about half the patch (and a message).
+
+    Raises ``RuntimeError`` when the batch is 1 and the patch already the smallest.
+    """
+    if batch_size > 1:
+        batch_size = max(1, batch_size // 2)
+        return batch_size, patch_size, f"CUDA out of memory: retrying with batch {batch_size}"
+    new = smaller_patch_size(model, input_size)
+    if new is None:
+        raise RuntimeError(
+            f"CUDA out of memory even with batch 1 and the smallest patch ({patch_size} px): "
+            "free GPU memory (close other programs), use a smaller model or train on the CPU "
+            "(device='cpu')"
+        )
+    return 1, new, f"CUDA out of memory: retrying with batch 1 and patch {new}"
 
 
 # --------------------------------------------------------------------------- extraction

@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "FINAL_LR_FRACTION",
     "LR_SCHEDULES",
+    "MAX_SKIPPED_STEPS",
     "RunClock",
     "learning_rate",
     "validation_interval",
@@ -23,6 +24,8 @@ __all__ = [
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 #: the cosine schedule decays to this fraction of the learning rate
 FINAL_LR_FRACTION = 0.05
+#: steps in a row with a NaN/inf loss or gradient after which training stops
+MAX_SKIPPED_STEPS = 5
 #: a run validates about this many times when ``val_every`` would validate less than twice
 _VALIDATIONS_PER_RUN = 5
 
@@ -79,7 +82,9 @@ class RunClock:
     next_checkpoint: float
     iteration: int = 0
     last_loss: float | None = None
-    nonfinite_warned: bool = False
+    #: steps in a row skipped for a NaN/inf loss or gradient
+    bad_steps: int = 0
+    skipped_steps: int = 0
     #: (seconds, samples) of the last steps, for the throughput
     window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=20))
 
@@ -103,6 +108,31 @@ class RunClock:
         if config.max_minutes is not None and now - self.t_start >= 60.0 * config.max_minutes:
             return "time_limit"
         return None
+
+    def count_skipped(self, applied: bool, lr: float) -> tuple[str | None, str | None]:
+        """Count a step, ``applied`` or skipped for a NaN/inf loss or gradient.
+
+        Returns a warning (the run's first skipped step) and the reason to stop
+        (:data:`MAX_SKIPPED_STEPS` skipped in a row), each None when there is none.
+        """
+        if applied:
+            self.bad_steps = 0
+            return None, None
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        warning = None
+        if self.skipped_steps == 1:
+            warning = (
+                f"iteration {self.iteration}: the loss or its gradient is NaN or infinite: "
+                "step skipped, the weights are unchanged"
+            )
+        if self.bad_steps < MAX_SKIPPED_STEPS:
+            return warning, None
+        return warning, (
+            f"training stopped at iteration {self.iteration}: {self.bad_steps} steps in a row "
+            f"had a NaN or infinite loss or gradient; lower the learning rate (now {lr:.3g}) "
+            "or check the image; the weights are the last finite ones"
+        )
 
     def count_step(self, seconds: float, samples: int) -> None:
         self.iteration += 1

@@ -1,11 +1,13 @@
 """One optimiser step on the training device: placement, mixed precision, memory format.
 
-When the device runs out of memory, the step is dropped and the memory freed.
+A step whose loss or gradient is not finite changes nothing (weights and batch-norm statistics);
+when the device runs out of memory, the step is dropped and the memory freed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +42,9 @@ class DeviceStep:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        # batch-norm statistics move in the forward pass: restored when a step is skipped
+        self._buffers = list(model.buffers())
+        self._saved = [b.detach().clone() for b in self._buffers]
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp is None:
@@ -62,8 +67,12 @@ class DeviceStep:
         batch: tuple[np.ndarray, np.ndarray, np.ndarray | None],
         augmentation: Augmentation,
         generator: torch.Generator,
-    ) -> float:
-        """Augment ``batch`` (images, labels, weights or None) on the device and step; the loss."""
+    ) -> tuple[float, bool]:
+        """Augment ``batch`` (images, labels, weights or None) on the device and step.
+
+        Returns the loss and whether the step was applied: ``False`` when the
+        loss or the gradient norm is NaN/inf, and then nothing changed.
+        """
         images, labels, weights = batch
         dev = self.device
         x = torch.from_numpy(images).to(dev)
@@ -75,23 +84,42 @@ class DeviceStep:
         wt = augmented[2][:, 0] if weights is not None else None
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        for saved, buffer in zip(self._saved, self._buffers):
+            saved.copy_(buffer)
         with self.autocast():
             logits = self.model(x)
         loss = combined_loss(logits.float(), y, wt, mode=self.loss_mode)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
-            if self.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        value = float(loss.detach())
+        norm = self._gradient_norm()
+        # float16 with a scaler: inf gradients are the scaler's business (it skips the step)
+        ok = math.isfinite(value) and (scaler is not None or bool(torch.isfinite(norm)))
+        if not ok:
+            optimizer.zero_grad(set_to_none=True)
+            for saved, buffer in zip(self._saved, self._buffers):
+                buffer.copy_(saved)
+            if scaler is not None:
+                scaler.update(scaler.get_scale() / 2)
+            return value, False
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
-            if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             optimizer.step()
-        return float(loss.detach())
+        return value, True
+
+    def _gradient_norm(self) -> torch.Tensor:
+        """The global gradient norm, clipped to ``grad_clip`` when it is set."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        limit = self.grad_clip if self.grad_clip is not None else math.inf
+        if not params:
+            return torch.zeros(())
+        return torch.nn.utils.clip_grad_norm_(params, limit)
 
     def out_of_memory(
         self, fn: Callable[..., Any], *args: Any, optimizer: torch.optim.Optimizer | None = None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError
 from ..checks import is_int
 from ..devices import describe_device
 from ..model import UNet
@@ -27,11 +28,12 @@ from .inputs import (
     check_classes,
     class_names_and_colors,
     held_out_slices,
+    nonfinite_check,
     normalization_stats,
     training_labels,
 )
 from .live_labels import LiveLabels
-from .sampler import BatchSpec, resolve_patch_size, sample_batch, smaller_patch_size
+from .sampler import BatchSpec, resolve_patch_size, sample_batch, shrink_after_oom
 from .schedule import RunClock, learning_rate, validation_interval
 from .step import DeviceStep
 from .validation import predict_slice, validate
@@ -107,7 +109,10 @@ class Trainer:
         )
         self._device_step = DeviceStep(self.model, cfg)
         self.device = self._device_step.device
-        self.normalization = normalization_stats(image, self._meta_in)
+        #: recorded (the model's frame) and intensity range; applied to this image
+        self.normalization, self.intensity, self._input_norm, note = normalization_stats(
+            image, self._meta_in
+        )
         self._augmentation = cfg.augmentation
         self.patch_size = resolve_patch_size(
             self.model,
@@ -126,8 +131,10 @@ class Trainer:
             object_class=self.object_class,
             config=cfg,
             excluded=self._val_slices,
+            fill=self._input_norm["mean"],
         )
         self._live.load(raw)
+        self._start_warnings = [w for w in (note, nonfinite_check(self._live)) if w]
         self._preview_slice: int = min(raw)
         self._val_every = validation_interval(cfg.val_every, cfg.iterations)
         self.history: list[dict[str, Any]] = list(self._meta_in.get("history") or [])
@@ -209,6 +216,8 @@ class Trainer:
         }
         if self.validation_history:
             meta["validation_history"] = list(self.validation_history)
+        if self.intensity is not None:
+            meta["intensity"] = dict(self.intensity)
         if "label_mapping" in self._meta_in:
             meta["label_mapping"] = self._meta_in["label_mapping"]
         return meta
@@ -229,7 +238,7 @@ class Trainer:
             self._live.image_slice(z),
             device=self.device,
             amp=self.config.amp,
-            normalization=self.normalization,
+            normalization=self._input_norm,
             probabilities=probabilities,
         )
 
@@ -240,14 +249,14 @@ class Trainer:
         scaler: Any,
         rng: np.random.Generator,
         generator: torch.Generator,
-    ) -> float:
-        """One optimiser step on a freshly sampled, augmented batch; the loss."""
+    ) -> tuple[float, bool]:
+        """One optimiser step on a freshly sampled, augmented batch: the loss, whether applied."""
         live = self._live
         spec = BatchSpec(
             batch=self.batch_size,
             patch=self.patch_size,
             out_size=int(self.model.output_size(self.input_size)),
-            normalization=self.normalization,
+            normalization=self._input_norm,
             class_lut=live.class_lut if self.config.loss != "dice" else None,
             oversampling=self.config.label_oversampling,
         )
@@ -256,20 +265,13 @@ class Trainer:
 
     def _shrink_after_oom(self) -> str:
         """Halve the batch, then the patch; return the warning text or raise."""
-        if self.batch_size > 1:
-            self.batch_size = max(1, self.batch_size // 2)
-            return f"CUDA out of memory: retrying with batch {self.batch_size}"
-        new = smaller_patch_size(self.model, self.input_size)
-        if new is None:
-            raise RuntimeError(
-                f"CUDA out of memory even with batch 1 and the smallest patch ({self.patch_size} px): "
-                "free GPU memory (close other programs), use a smaller model or train on the CPU "
-                "(device='cpu')"
-            )
-        self.patch_size = new
-        if self._augmentation.crop_size is not None:
+        shrinks_patch = self.batch_size == 1
+        self.batch_size, self.patch_size, message = shrink_after_oom(
+            self.model, self.batch_size, self.patch_size, self.input_size
+        )
+        if shrinks_patch and self._augmentation.crop_size is not None:
             self._augmentation = dataclasses.replace(self._augmentation, crop_size=None)
-        return f"CUDA out of memory: retrying with batch 1 and patch {new}"
+        return message
 
     # ------------------------------------------------------------------ run
     def run(self) -> Iterator[ev.TrainingEvent]:
@@ -281,7 +283,8 @@ class Trainer:
             :class:`TrainingStarted` first, :class:`Finished` last; in between
             :class:`Iteration` after every step and occasionally
             :class:`Validation`, :class:`Preview`, :class:`CheckpointSaved`,
-            :class:`LabelsChanged` and :class:`TrainingWarning`.
+            :class:`LabelsChanged`, :class:`TrainingWarning` and, after
+            too many NaN/inf steps in a row (each skipped), :class:`Diverged`.
 
         Raises
         ------
@@ -320,6 +323,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         scaler = self._device_step.grad_scaler()
         yield self._started_event()
+        for message in self._start_warnings:
+            yield ev.TrainingWarning(message)
         run = RunClock.start(cfg)
         while True:
             now = time.perf_counter()
@@ -332,13 +337,21 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
-            oom, loss = self._device_step.out_of_memory(
+            oom, result = self._device_step.out_of_memory(
                 self._step, optimizer, scaler, rng, generator, optimizer=optimizer
             )
             if oom:
                 yield ev.TrainingWarning(self._shrink_after_oom())
                 continue
+            loss, applied = result
             yield from self._step_events(run, loss, lr, time.perf_counter() - t0)
+            warning, failure = run.count_skipped(applied, lr)
+            if warning is not None:
+                yield ev.TrainingWarning(warning)
+            if failure is not None:
+                yield ev.Diverged(iteration=run.iteration, skipped=run.bad_steps, message=failure)
+                reason = "diverged"
+                break
             yield from self._periodic_events(run)
         if cfg.checkpoint_path is not None:
             yield from self._checkpoint_events(run.iteration)
@@ -379,12 +392,6 @@ class Trainer:
         self.iterations_done += 1
         if math.isfinite(loss):
             run.last_loss = loss
-        elif not run.nonfinite_warned:
-            run.nonfinite_warned = True
-            yield ev.TrainingWarning(
-                f"non-finite loss at iteration {run.iteration}: lower the learning rate "
-                f"(now {self.config.learning_rate:g})"
-            )
         self.history.append(
             {"iteration": self._iterations_before + self.iterations_done, "loss": loss}
         )
@@ -450,8 +457,8 @@ class Trainer:
             return
         try:
             saved = self.save(path)
-        except (OSError, RuntimeError) as exc:
-            yield ev.TrainingWarning(f"could not save the checkpoint to {path}: {exc}")
+        except (OSError, RuntimeError, CheckpointError) as exc:
+            yield ev.TrainingWarning(f"checkpoint not saved: {exc}")
             return
         self._last_checkpoint = str(saved)
         yield ev.CheckpointSaved(path=str(saved), iteration=it)

@@ -6,6 +6,7 @@ Previews and validation both predict with :func:`napari_unet.tiling.predict_tile
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ def predict_slice(
     The model is put in eval mode for the prediction and left as it was.
     """
     from ..tiling import predict_tiled
+    from ..tiling.predict import NonFiniteWarning
 
     kwargs: dict[str, Any] = {}
     if model.padding == "same":
@@ -39,16 +41,18 @@ def predict_slice(
     was_training = model.training
     model.eval()
     try:
-        result = predict_tiled(
-            model,
-            image,
-            device=device,
-            amp=amp,
-            return_probabilities=probabilities,
-            normalization=dict(normalization),
-            probabilities_dtype=np.float16,
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonFiniteWarning)  # training reports them itself
+            result = predict_tiled(
+                model,
+                image,
+                device=device,
+                amp=amp,
+                return_probabilities=probabilities,
+                normalization=dict(normalization),
+                probabilities_dtype=np.float16,
+                **kwargs,
+            )
     finally:
         model.train(was_training)
     if probabilities:
