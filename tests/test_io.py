@@ -16,6 +16,7 @@ from napari_unet.io import (
     ImageNotFoundError,
     InvalidImageError,
     ShapeMismatchError,
+    WriteError,
     atomic_write,
     check_same_shape,
     read_tiff,
@@ -301,3 +302,71 @@ def test_lazy_open_reads_only_what_is_viewed(tmp_path: Path, compressed: bool) -
     # one-off buffers) costs a small fraction of the stack; another page about one page
     assert res["open"] < nbytes / 4, res
     assert res["page"] < 3 * nbytes / shape[0], res
+
+
+# ----------------------------------------------------------------- safe outputs
+
+
+def test_atomic_write_uses_the_umask_and_names_the_users_path(tmp_path: Path) -> None:
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "a.tif", lambda tmp: tmp.write_bytes(b"x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # mkstemp would give 0600
+
+    def disk_full(tmp: Path) -> None:
+        raise OSError(28, "No space left on device", str(tmp))
+
+    with pytest.raises(WriteError) as info:
+        atomic_write(tmp_path / "b.tif", disk_full)
+    text = str(info.value)
+    assert text.startswith(f"{tmp_path / 'b.tif'}: could not write the file: the disk is full")
+    assert ".part" not in text and info.value.errno == 28
+    assert isinstance(info.value, OSError) and isinstance(info.value, InvalidImageError)
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(28, "the disk is full"), (13, "permission denied"), (30, "the file system is read-only"),
+     (122, "the disk quota is exceeded")],
+)  # fmt: skip
+def test_os_errors_in_words(code: int, words: str) -> None:
+    from napari_unet.outputs import describe_os_error
+
+    text = describe_os_error(OSError(code, os.strerror(code), "/tmp/.x.p1-ab.part"))
+    assert text.startswith(words) and ".part" not in text
+
+
+def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    from napari_unet.outputs import clean_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    target = tmp_path / "m.tif"
+    stale = tmp_path / f".m.tif.p{dead}-0a1b2c3d.tif.part"
+    alive = tmp_path / f".m.tif.p{os.getpid()}-0a1b2c3d.tif.part"
+    other = tmp_path / ".other.tif.p1-0a1b2c3d.tif.part"
+    for p in (stale, alive, other):
+        p.write_bytes(b"partial")
+    assert clean_stale_temps(target) == [stale]
+    assert not stale.exists() and alive.exists() and other.exists()
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "m.tif"])
+
+
+def test_output_lock_is_exclusive_and_removed(tmp_path: Path) -> None:
+    from napari_unet.outputs import OutputLock, OutputLockedError
+
+    out = tmp_path / "m.pt"
+    with OutputLock(out, "--out") as lock:
+        assert lock.lock_path.read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(
+            OutputLockedError, match=f"--out {out} is being written .*pid {os.getpid()}"
+        ):
+            OutputLock(out, "--out").acquire()
+    assert list(tmp_path.iterdir()) == []
+    with OutputLock(out):  # free again
+        pass

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .completion import check_complete
 from .labels import LabelValueError, map_to_classes
 from .metrics import evaluate_segmentation, nanmean
 from .slices import array_shape, read_slice, unique_values
@@ -121,6 +122,8 @@ def evaluate_arrays(
     metrics are accumulated over all evaluated pixels (as
     :func:`napari_unet.metrics.evaluate_segmentation` does on a whole volume),
     segment metrics averaged over the slices.  See :func:`paired_slices`.
+    A zarr prediction whose completion record (:mod:`napari_unet.completion`)
+    misses evaluated slices raises :class:`~napari_unet.completion.IncompleteResultError`.
 
     Returns
     -------
@@ -132,6 +135,7 @@ def evaluate_arrays(
     """
     tshape = array_shape(truth, "truth")
     tz, pz = paired_slices(array_shape(prediction, "prediction"), tshape, slices)
+    check_complete(prediction, pz, "the prediction")
     truth_values = unique_values(truth, tz)
     if membrane_value is None:
         membrane_value = default_membrane_value(truth_values)

@@ -5,8 +5,8 @@ Every bad input raises an :class:`InvalidImageError` (a ``ValueError``) a user c
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +17,10 @@ import numpy as np
 import tifffile
 
 from . import labels as _labels
+from .outputs import replace_atomically
+
+# tifffile logs odd metadata as warnings: keep them off stderr unless logging is set up
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 #: Stacks whose uncompressed size reaches this many bytes open lazily.
 DEFAULT_MEMORY_BUDGET = 1 << 30  # 1 GiB
@@ -49,6 +53,10 @@ class ImageNotFoundError(InvalidImageError, FileNotFoundError):
 
 class ShapeMismatchError(InvalidImageError):
     """A labels array does not have the shape of its image."""
+
+
+class WriteError(InvalidImageError, OSError):
+    """A file could not be written: the message names the user's path and the reason."""
 
 
 @dataclass
@@ -381,39 +389,15 @@ def smallest_unsigned_dtype(data: np.ndarray) -> np.dtype:
         raise InvalidImageError(str(exc)) from exc
 
 
-def _atomic_target(path: Path) -> Path:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise InvalidImageError(f"{parent}: folder does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InvalidImageError(f"{parent}: folder is not writable")
-    return parent
-
-
 def atomic_write(path: str | os.PathLike, write: Any, suffix: str = ".tif") -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path``.
 
     A failure (disk full, exception in ``write``) removes the temporary file
-    and leaves any existing ``path`` untouched.
+    and leaves any existing ``path`` untouched; an ``OSError`` becomes a
+    :class:`WriteError` naming ``path`` and the reason in words.  The file gets
+    the user's umask (see :func:`napari_unet.outputs.replace_atomically`).
     """
-    path = Path(path)
-    parent = _atomic_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".part", dir=parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InvalidImageError(
-            f"{path}: could not write the file ({exc.strerror or exc})"
-        ) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(path, write, suffix=suffix, error=WriteError)
 
 
 def write_labels_tiff(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,34 @@ def test_console_script_one_line_error_and_success(files, tmp_path: Path) -> Non
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "pixel error" in ok.stdout and "0.0000" in ok.stdout
+
+
+def test_huge_slice_ranges_are_refused_before_expansion(files, trained_model: Path, capsys) -> None:
+    huge = "0-99999999999999999999"
+    f = files
+    cases = [
+        _train(f, "--slices", huge),
+        _train(f, "--val-slices", huge),
+        ["predict", "--model", str(trained_model), "--image", str(f["image"]), "--slices", huge],
+        ["evaluate", "--prediction", str(f["labels"]), "--truth", str(f["labels"]), "--slices", huge],
+    ]  # fmt: skip
+    for argv in cases:
+        t0 = time.perf_counter()
+        _one_line_error(capsys, main(argv), "99999999999999999999", "out of range")
+        assert time.perf_counter() - t0 < 5, argv
+
+
+def test_tifffile_log_lines_stay_off_stderr(files, tmp_path: Path) -> None:
+    """A file tifffile complains about (OME frames missing): only napari-unet's own lines."""
+    path = tmp_path / "ome.tif"
+    tifffile.imwrite(path, np.full((3, 16, 16), 2, np.uint8), ome=True, metadata={"axes": "ZYX"})
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'SizeZ="3"', b'SizeZ="5"', 1))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "evaluate", "--prediction", str(path),
+         "--truth", str(path), "--membrane-class", "2"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "OME series" not in done.stderr and "tifffile" not in done.stderr, done.stderr

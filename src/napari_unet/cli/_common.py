@@ -136,31 +136,6 @@ def check_device(device: str, *, here: bool = True) -> Any:
 # --------------------------------------------------------------------------- files
 
 
-def check_output_path(
-    path: str | os.PathLike, what: str = "--out", *, folder_ok: bool = False
-) -> Path:
-    """Fail early (before minutes of work) when ``path`` cannot be written.
-
-    ``folder_ok``: the output is a folder (zarr); an existing *file* there is an error.
-    """
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.exists():
-        if p.is_dir() and not folder_ok:
-            raise CLIError(f"{what} {p}: is a folder; give a file name")
-        if not p.is_dir() and folder_ok:
-            raise CLIError(f"{what} {p}: a file is in the way of the zarr folder; remove it")
-    if not parent.exists():
-        raise CLIError(f"{what} {p}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise CLIError(f"{what} {p}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CLIError(f"{what} {p}: folder {parent} is not writable")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise CLIError(f"{what} {p}: the file exists and is not writable")
-    return p
-
-
 def is_zarr_path(path: str | os.PathLike) -> bool:
     p = Path(path)
     return (
@@ -170,6 +145,18 @@ def is_zarr_path(path: str | os.PathLike) -> bool:
     )
 
 
+def open_zarr(path: Path, what: str, mode: str = "r") -> Any:
+    """The zarr array at ``path`` (``mode`` "r" or "r+"), or a one-line :class:`CLIError`."""
+    if not path.exists():
+        raise CLIError(f"{what} {path}: no such zarr folder")
+    import zarr
+
+    try:
+        return zarr.open_array(str(path), mode=mode)
+    except Exception as exc:  # zarr raises many kinds on bad stores
+        raise CLIError(f"{what} {path}: not a readable zarr array ({exc})") from None
+
+
 def open_labels(path: str | os.PathLike, what: str) -> tuple[Any, Any]:
     """Open a label/class map: a TIFF (via :func:`napari_unet.io.read_tiff`) or a zarr array.
 
@@ -177,14 +164,7 @@ def open_labels(path: str | os.PathLike, what: str) -> tuple[Any, Any]:
     """
     p = Path(path)
     if is_zarr_path(p):
-        if not p.exists():
-            raise CLIError(f"{what} {p}: no such zarr folder")
-        import zarr
-
-        try:
-            arr = zarr.open_array(str(p), mode="r")
-        except Exception as exc:  # zarr raises many kinds on bad stores
-            raise CLIError(f"{what} {p}: not a readable zarr array ({exc})") from None
+        arr = open_zarr(p, what, mode="r")
         if np.dtype(arr.dtype).kind not in "biu":
             raise CLIError(f"{what} {p}: holds {arr.dtype} values, not integer labels")
         if arr.ndim not in (2, 3):
@@ -227,6 +207,8 @@ class SliceSelection:
     def __getitem__(self, index: Any) -> np.ndarray:
         if isinstance(index, (int, np.integer)):
             return read_slice(self._array, self._slices[int(index)])
+        if isinstance(index, tuple) and index and isinstance(index[0], (int, np.integer)):
+            return self[index[0]][index[1:]]  # (z, rows, columns): one slice, then a view
         if index is Ellipsis:
             return np.stack([self[i] for i in range(len(self))])
         raise TypeError(f"SliceSelection supports integer slice indexing, got {index!r}")

@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             *common,
             "--seed", str(args.seed),
             "--out", str(model_path),
+            "--overwrite",
         ]
     )  # fmt: skip
     _call(
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             "--image", str(image_path),
             *common,
             "--out", str(pred_path),
+            "--overwrite",
         ]
     )  # fmt: skip
     _call(
@@ -170,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             "--truth", str(labels_path),
             "--slices", format_slices(held_out),
             "--json", str(json_path),
+            "--overwrite",
         ]
     )  # fmt: skip
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; files in {out}/", flush=True)

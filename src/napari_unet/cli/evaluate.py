@@ -15,12 +15,12 @@ from . import CLIError
 from ._common import (
     add_slices_argument,
     add_subcommand,
-    check_output_path,
     fmt_num,
     json_safe,
     open_labels,
     parse_slices,
 )
+from ._outputs import prepare_output
 
 SUMMARY = "compare a prediction with the ground truth (pixel error, IoU, Rand, VI)"
 
@@ -60,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "unlabelled, skipped)",
     )
     p.add_argument("--json", metavar="OUT.json", help="also write the metrics as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
 def format_report(result: dict[str, Any], *, title: str | None = None) -> str:
@@ -95,16 +96,22 @@ def format_report(result: dict[str, Any], *, title: str | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..completion import IncompleteResultError
     from ..evaluation import evaluate_arrays
 
-    json_path = check_output_path(args.json, "--json") if args.json else None
+    json_path = None
+    if args.json:
+        json_path = prepare_output(args.json, "--json", overwrite=args.overwrite)
     truth, _ = open_labels(args.truth, "--truth")
     pred, _ = open_labels(args.prediction, "--prediction")
     n = int(truth.shape[0]) if len(truth.shape) == 3 else 1
     slices = parse_slices(args.slices, n) if args.slices is not None else None
     if slices is not None and len(truth.shape) == 2:
         raise CLIError("--slices: the truth is a single 2D slice")
-    result = evaluate_arrays(pred, truth, slices=slices, membrane_value=args.membrane_class)
+    try:
+        result = evaluate_arrays(pred, truth, slices=slices, membrane_value=args.membrane_class)
+    except IncompleteResultError as exc:
+        raise CLIError(f"--prediction {args.prediction}: {exc}") from None
     result["prediction"] = str(args.prediction)
     result["truth"] = str(args.truth)
     print(format_report(result), flush=True)

@@ -6,9 +6,9 @@ It plans the outputs, runs :mod:`napari_unet.tiling` here or on a dask cluster a
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,13 @@ from ._common import (
     add_slices_argument,
     add_subcommand,
     check_device,
-    check_output_path,
-    human_bytes,
-    nbytes_of,
-    parse_slices,
     positive_int,
     torch_threads,
     warn,
 )
+from ._outputs import locked_outputs, save_or_rescue
+from ._predict_plan import Job, mapped, outputs, plan, result_info, zarr_outputs
+from ._zarr_out import ZarrOutputs
 
 SUMMARY = "segment a stack with a trained checkpoint (headless)"
 
@@ -105,337 +104,150 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="GIB",
         help="largest result written as TIFF through memory, in GiB (default 1)",
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (else an error)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted zarr result: predict only the slices its completion record "
+        "lacks (same options as the first run)",
+    )
     p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-
-
-# --------------------------------------------------------------------------- plan
-
-
-@dataclasses.dataclass
-class _Job:
-    """One prediction: what is read, what is written where, and how."""
-
-    args: argparse.Namespace
-    td: Any  # napari_unet.io.TiffData of the image
-    slices: list[int]
-    n_classes: int
-    lut: np.ndarray | None  # class -> file value (a --dense checkpoint), or None
-    ldtype: np.dtype
-    out: Path
-    kind: str  # "tif" or "zarr"
-    prob_out: Path | None
-    prob_dtype: np.dtype
-    normalization: dict[str, float] | None
-    device: Any
-
-    @property
-    def is_2d(self) -> bool:
-        return len(self.td.shape) == 2
-
-    @property
-    def stack_shape(self) -> tuple[int, int, int]:
-        """The output as a stack: ``(n_slices, H, W)``, ``(1, H, W)`` for a 2D image."""
-        return (len(self.slices), int(self.td.shape[-2]), int(self.td.shape[-1]))
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return self.stack_shape[1:] if self.is_2d else self.stack_shape
-
-
-def _output_kind(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".zarr":
-        return "zarr"
-    if suffix in (".tif", ".tiff"):
-        return "tif"
-    raise CLIError(f"--out {path}: the name must end with .tif, .tiff or .zarr")
-
-
-def _choose_output(args: argparse.Namespace, result_bytes: int) -> tuple[Path, str]:
-    """``--out`` (or the default name) and its kind; a TIFF must fit in ``--max-memory``."""
-    budget = int(args.max_memory * 2**30)
-    if args.out is None:
-        kind = "tif" if result_bytes <= budget else "zarr"
-        return Path.cwd() / f"{Path(args.image).stem}_prediction.{kind}", kind
-    out = Path(args.out)
-    kind = _output_kind(out)
-    if kind == "tif" and result_bytes > budget:
-        raise CLIError(
-            f"the result ({human_bytes(result_bytes)}) is larger than --max-memory "
-            f"({args.max_memory:g} GiB): write zarr instead (--out {out.with_suffix('.zarr')})"
-        )
-    return out, kind
-
-
-def _plan(args: argparse.Namespace, td: Any, model: Any, meta: dict, device: Any) -> _Job:
-    """Check the options against the image and checkpoint; decide the outputs."""
-    from ..labels import class_lut, label_dtype
-
-    n = 1 if len(td.shape) == 2 else int(td.shape[0])
-    if args.slices is not None and len(td.shape) == 2:
-        raise CLIError("--slices: the image is a single 2D slice")
-    slices = parse_slices(args.slices, n) if args.slices is not None else list(range(n))
-    n_classes = int(model.n_classes)
-    lut = class_lut(meta.get("label_mapping"), n_classes)
-    ldtype = np.dtype(lut.dtype) if lut is not None else label_dtype(n_classes)
-    shape = (len(slices), int(td.shape[-2]), int(td.shape[-1]))
-    result_bytes = nbytes_of(shape, ldtype)
-    if args.probabilities:
-        result_bytes += nbytes_of((n_classes, *shape), args.probabilities_dtype or "float32")
-    out, kind = _choose_output(args, result_bytes)
-    check_output_path(out, "--out", folder_ok=kind == "zarr")
-    prob_out = (
-        out.with_name(f"{out.stem}_probabilities{out.suffix}") if args.probabilities else None
-    )
-    if prob_out is not None:
-        check_output_path(prob_out, "probabilities output", folder_ok=kind == "zarr")
-    if kind == "tif" and args.probabilities_dtype == "float16":
-        raise CLIError(
-            "--probabilities-dtype float16: the probabilities TIFF (an ImageJ hyperstack) "
-            f"holds float32; write zarr for float16 (--out {out.with_suffix('.zarr')})"
-        )
-    prob_dtype = np.dtype(args.probabilities_dtype or ("float32" if kind == "tif" else "float16"))
-    normalization = meta.get("normalization") or None
-    if normalization is None:
-        warn("the checkpoint stores no normalization: estimating it from the image")
-    return _Job(
-        args, td, slices, n_classes, lut, ldtype, out, kind, prob_out, prob_dtype,
-        normalization, device,
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _open_zarr(path: Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> Any:
-    import zarr
-
-    try:
-        return zarr.open_array(
-            str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
-        )
-    except OSError as exc:
-        raise CLIError(f"{path}: could not create the zarr array ({exc})") from None
-
-
-def _targets(job: _Job, shape: tuple[int, ...]) -> tuple[Any, Any]:
-    """The arrays the labels and probabilities go into: in memory for TIFF, zarr on disk."""
-    pshape = (job.n_classes, *shape)
-    if job.kind == "tif":
-        probs = np.zeros(pshape, job.prob_dtype) if job.prob_out is not None else None
-        return np.zeros(shape, job.ldtype), probs
-    chunks = (*[1] * (len(shape) - 2), min(shape[-2], 1024), min(shape[-1], 1024))
-    target = _open_zarr(job.out, shape, job.ldtype, chunks)
-    probs = None
-    if job.prob_out is not None:
-        probs = _open_zarr(job.prob_out, pshape, job.prob_dtype, (1, *chunks))
-    return target, probs
-
-
-def _mapped(target: Any, lut: np.ndarray | None) -> Any:
-    """``target``, writing file values instead of classes for a ``--dense`` checkpoint."""
-    from ..labels import MappedOutput
-
-    return target if lut is None else MappedOutput(target, lut)
-
-
-def _zarr_attrs(job: _Job, meta: dict) -> None:
-    import zarr
-
-    lut = job.lut
-    try:
-        arr = zarr.open_array(str(job.out), mode="r+")
-        arr.attrs.update(
-            {
-                "napari_unet": {
-                    "slices": job.slices,
-                    "scale": list(job.td.scale),
-                    "unit": job.td.unit,
-                    "class_names": meta.get("class_names"),
-                    "label_mapping": meta.get("label_mapping"),
-                    "values": None if lut is None else [int(v) for v in lut[1 : job.n_classes + 1]],
-                }
-            }
-        )
-    except Exception as exc:  # attributes are a nicety
-        warn(f"could not write the zarr attributes: {exc}")
-
-
-def _squeeze_zarr(path: Path) -> None:
-    """Rewrite a (1, H, W) / (C, 1, H, W) zarr array without the singleton Z axis."""
-    import zarr
-
-    data = np.asarray(zarr.open_array(str(path), mode="r")[...])
-    data = data[0] if data.ndim == 3 else data[:, 0]
-    chunks = tuple(min(s, 1024) for s in data.shape)
-    new = zarr.open_array(str(path), mode="w", shape=data.shape, dtype=data.dtype, chunks=chunks)
-    new[...] = data
 
 
 # --------------------------------------------------------------------------- here
 
 
-def _predict_local(job: _Job, model: Any) -> tuple[Any, Any]:
-    from ..tiling import predict_tiled
-
+def _predict_local(job: Job, model: Any) -> tuple[Any, Any, ZarrOutputs | None]:
+    """Predict here: in memory for TIFF; into zarr, recording each slice, resumable."""
     args = job.args
-    image = job.td.data if job.is_2d else SliceSelection(job.td.data, job.slices)
-    target, ptarget = _targets(job, job.out_shape)
+    zout = None
+    if job.kind == "tif":
+        ptarget = (
+            np.zeros((job.n_classes, *job.out_shape), job.prob_dtype) if job.prob_out else None
+        )
+        target = np.zeros(job.out_shape, job.ldtype)
+        out, pout, positions = target, ptarget, list(range(len(job.slices)))
+    else:
+        zout = zarr_outputs(job, job.out_shape)
+        target, ptarget = zout.labels, zout.probs
+        out, pout = zout.targets()
+        positions = zout.positions
+        if not positions:
+            return target, ptarget, zout
+    selected = [job.slices[i] for i in positions]
+    image = job.td.data if job.is_2d else SliceSelection(job.td.data, selected)
     progress = Progress("predicting", quiet=args.quiet)
 
     def report(done: int, total: int) -> None:
         progress.update(done, total, "tiles", force=done == total)
 
     try:
-        predict_tiled(
-            model,
-            image,
-            tile_size=args.tile,
-            batch_size=args.batch_size,
-            device=job.device,
-            out=_mapped(target, job.lut),
-            probabilities_out=ptarget,
-            progress=report,
-            normalization=job.normalization,
-            tta=args.tta,
-        )
-    finally:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predict_tiled_call(job, model, image, mapped(out, job.lut), pout, report)
+    except (OSError, KeyboardInterrupt) as exc:
         progress.close()
-    return target, ptarget
+        if zout is None:
+            raise
+        zout.flush()
+        done = f"{zout.n_done} of {len(job.slices)} slice(s) are written and recorded"
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"napari-unet: {done}; finish with --resume", file=sys.stderr, flush=True)
+            raise
+        from ..outputs import describe_os_error
+
+        raise CLIError(
+            f"{job.out}: could not write: {describe_os_error(exc)}; {done}: run the same "
+            "command with --resume to finish"
+        ) from None
+    progress.close()
+    from ..tiling.predict import NonFiniteWarning, TilingWarning
+
+    for w in caught:
+        if issubclass(w.category, (NonFiniteWarning, TilingWarning)):
+            warn(str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return target, ptarget, zout
 
 
-# --------------------------------------------------------------------------- on a dask cluster
-
-
-def read_tiff_page(path: str, index: int) -> np.ndarray:
-    """Page ``index`` of a multipage TIFF (run on dask workers)."""
-    import tifffile
-
-    return tifffile.imread(path, key=int(index))[None]
-
-
-def _dask_image(td: Any, slices: list[int]) -> Any:
-    """A dask array of the selected slices that workers read from the file themselves."""
-    import dask
-    import dask.array as da
-    import tifffile
-
-    data = td.data
-    h, w = int(data.shape[-2]), int(data.shape[-1])
-    with tifffile.TiffFile(str(td.path)) as tif:
-        series = tif.series[0]
-        pages_match = len(series.pages) == int(np.prod(series.shape[:-2], dtype=np.int64))
-        n_pages = len(series.pages)
-    dtype = np.dtype(data.dtype)
-    if data.ndim == 3 and pages_match and n_pages == data.shape[0]:
-        path = str(Path(td.path).resolve())
-        read = dask.delayed(read_tiff_page, pure=True)
-        blocks = [da.from_delayed(read(path, z), (1, h, w), dtype=dtype) for z in slices]
-        return da.concatenate(blocks, axis=0)
-    arr = data if data.ndim == 3 else data[None]
-    sel = np.asarray(SliceSelection(arr, slices)[...])
-    return da.from_array(sel, chunks=(1, h, w))
-
-
-def _write_zarr_slice(
-    labels: np.ndarray,
-    probs: np.ndarray | None,
-    out_path: str | None,
-    prob_path: str | None,
-    z: int,
-    lut: np.ndarray | None,
+def predict_tiled_call(
+    job: Job, model: Any, image: Any, out: Any, probs_out: Any, report: Any
 ) -> None:
-    """Store one predicted slice into the zarr arrays (runs on a dask worker)."""
-    import zarr
+    """``predict_tiled`` with the job's options."""
+    from ..tiling import predict_tiled
 
-    if out_path is not None:
-        zarr.open_array(out_path, mode="r+")[z] = labels[0] if lut is None else lut[labels[0]]
-    if prob_path is not None and probs is not None:
-        target = zarr.open_array(prob_path, mode="r+")
-        target[:, z] = probs[:, 0].astype(target.dtype)
-
-
-def _slice_tasks(job: _Job, client: Any) -> list[Any]:
-    """One dask task per slice: it writes the zarr outputs, or returns (labels, probabilities)."""
-    import dask
-
-    from ..tiling import predict_dask
-
-    args = job.args
-    result = predict_dask(
-        str(Path(args.model).resolve()),
-        _dask_image(job.td, job.slices),
-        tile_size=args.tile,
-        batch_size=args.batch_size,
+    predict_tiled(
+        model,
+        image,
+        tile_size=job.args.tile,
+        batch_size=job.args.batch_size,
         device=job.device,
+        out=out,
+        probabilities_out=probs_out,
+        progress=report,
         normalization=job.normalization,
-        return_probabilities=job.prob_out is not None,
-        tta=args.tta,
+        tta=job.args.tta,
     )
-    labels, probs = result if job.prob_out is not None else (result, None)
-    label_blocks = labels.to_delayed().ravel()
-    prob_blocks = probs.to_delayed().ravel() if probs is not None else [None] * len(label_blocks)
-    if job.kind == "tif":
-        tasks = [dask.delayed(tuple)([lb, pb]) for lb, pb in zip(label_blocks, prob_blocks)]
-    else:
-        prob_path = None if job.prob_out is None else os.fspath(job.prob_out)
-        write = dask.delayed(_write_zarr_slice, pure=False)
-        tasks = [
-            write(lb, pb, os.fspath(job.out), prob_path, z, job.lut)
-            for z, (lb, pb) in enumerate(zip(label_blocks, prob_blocks))
-        ]
-    return client.compute(tasks)
 
 
-def _predict_distributed(job: _Job) -> tuple[Any, Any]:
-    from distributed import Client, as_completed
+# --------------------------------------------------------------------------- results
 
-    try:
-        client = Client(job.args.scheduler, timeout="15s", set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise CLIError(f"--scheduler: could not connect to {job.args.scheduler} ({exc})") from None
-    try:
-        target, ptarget = _targets(job, job.stack_shape)
-        futures = _slice_tasks(job, client)
-        index = {f.key: z for z, f in enumerate(futures)}
-        out = _mapped(target, job.lut)
-        progress = Progress("predicting", quiet=job.args.quiet)
-        for done, fut in enumerate(as_completed(futures, loop=client.loop), start=1):
-            result = fut.result()
-            if job.kind == "tif":
-                lb, pb = result
-                out[index[fut.key]] = lb[0]
-                if ptarget is not None and pb is not None:
-                    ptarget[:, index[fut.key]] = pb[:, 0]
-            progress.update(done, len(futures), "slices", force=done == len(futures))
-        progress.close()
-    finally:
-        client.close()
-    if job.kind == "zarr":
-        for path in (job.out, job.prob_out) if job.is_2d else ():
-            if path is not None:
-                _squeeze_zarr(path)
-        return None, None
-    if job.is_2d:
-        return target[0], None if ptarget is None else ptarget[:, 0]
-    return target, ptarget
+
+def _finish_zarr(job: Job, meta: dict, zout: ZarrOutputs | None) -> None:
+    """Mark the zarr results complete (a distributed 2D result is squeezed first)."""
+    info = result_info(job, meta)
+    if job.args.scheduler is not None and job.is_2d:
+        from ._predict_dask import finish_2d
+
+        finish_2d(job, info)
+    elif zout is not None:
+        zout.finish(info)
+
+
+def _write_tiffs(job: Job, labels: Any, probs: Any) -> int:
+    """Write the TIFF results (to a rescue location when their folder fails); the status."""
+    from ..io import write_labels_tiff
+    from ..writers import write_probabilities_tiff
+
+    td = job.td
+    writes = [(job.out, lambda p: write_labels_tiff(p, labels, scale=td.scale, unit=td.unit))]
+    if job.prob_out is not None and probs is not None:
+        writes.append((job.prob_out, lambda p: write_probabilities_tiff(p, probs, scale=td.scale)))
+    status = 0
+    for path, write in writes:
+        saved, error = save_or_rescue(path, write)
+        if error is not None:
+            print(f"napari-unet: error: {error}; wrote {saved} instead", file=sys.stderr)
+            status = 1
+    return status
 
 
 # --------------------------------------------------------------------------- run
 
 
+def _predict(job: Job, model: Any) -> tuple[Any, Any, ZarrOutputs | None]:
+    if job.args.scheduler is not None:
+        from ._predict_dask import predict_distributed
+
+        return predict_distributed(job)
+    with torch_threads(job.args.threads):
+        return _predict_local(job, model)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
-    from ..io import DEFAULT_MEMORY_BUDGET, read_tiff, write_labels_tiff
-    from ..writers import write_probabilities_tiff
+    from ..io import DEFAULT_MEMORY_BUDGET, read_tiff
 
     device = check_device(args.device, here=args.scheduler is None)
     if not args.max_memory > 0:
         raise CLIError(f"--max-memory must be > 0, got {args.max_memory}")
     model, meta = load_checkpoint(args.model)
     td = read_tiff(args.image, as_labels=False, memory_budget=DEFAULT_MEMORY_BUDGET)
-    job = _plan(args, td, model, meta, device)
+    job = plan(args, td, model, meta, device)
     if not args.quiet:
         print(
             f"predicting {len(job.slices)} slice(s) of {td.path.name} {tuple(td.shape)} with "
@@ -444,18 +256,19 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     t0 = time.perf_counter()
-    if args.scheduler is not None:
-        labels, probs = _predict_distributed(job)
-    else:
-        with torch_threads(args.threads):
-            labels, probs = _predict_local(job, model)
-    if job.kind == "tif":
-        write_labels_tiff(job.out, labels, scale=td.scale, unit=td.unit)
-        if job.prob_out is not None and probs is not None:
-            write_probabilities_tiff(job.prob_out, probs, scale=td.scale)
-    else:
-        _zarr_attrs(job, meta)
-    if not args.quiet:
+    with locked_outputs(outputs(job)):
+        labels, probs, zout = _predict(job, model)
+        if job.kind == "tif":
+            status = _write_tiffs(job, labels, probs)
+        else:
+            _finish_zarr(job, meta, zout)
+            status = 0
+    if not args.quiet and status == 0 and args.resume and zout is not None:
+        done = len(zout.positions)
+        print(
+            f"{job.out}: {f'predicted the {done} missing slice(s)' if done else 'already complete'}"
+        )
+    if not args.quiet and status == 0:
         mapping = ""
         if job.lut is not None:
             pairs = ", ".join(f"{k}->{int(job.lut[k])}" for k in range(1, job.n_classes + 1))
@@ -463,4 +276,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {job.out}{mapping} in {time.perf_counter() - t0:.1f} s", flush=True)
         if job.prob_out is not None:
             print(f"wrote {job.prob_out}", flush=True)
-    return 0
+    return status

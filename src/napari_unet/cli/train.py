@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ from ._common import (
     add_slices_argument,
     add_subcommand,
     check_device,
-    check_output_path,
     parse_slices,
     positive_float,
     positive_int,
     warn,
 )
+from ._outputs import locked_outputs, prepare_output, save_or_rescue
 
 SUMMARY = "train a U-Net on labelled slices (headless)"
 DESCRIPTION = "Train a U-Net on the labelled slices of an EM stack and save a checkpoint."
@@ -109,7 +110,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--out",
         default="model.pt",
         metavar="MODEL.pt",
-        help="checkpoint to write (default model.pt; also saved every minute while training)",
+        help="checkpoint to write (default model.pt; also saved every minute while training); "
+        "an existing file is replaced only with --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (e.g. fine-tuning a checkpoint in place)",
     )
     add_slices_argument(p, "--val-slices", "labelled slices held out and evaluated during training")
     p.add_argument("--seed", type=int, default=cfg.seed, help=f"random seed (default {cfg.seed})")
@@ -304,9 +311,15 @@ def _config(
     return dataclasses.replace(TrainConfig(), **overrides)
 
 
+def _checkpoint_bytes(trainer: Any) -> int:
+    """About the size of the checkpoint ``trainer`` saves (weights, then history and metadata)."""
+    weights = sum(t.numel() * t.element_size() for t in trainer.model.state_dict().values())
+    iterations = trainer.config.iterations or 100_000
+    return int(weights + 64 * (iterations + len(trainer.history)) + 2**20)
+
+
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
-    out = check_output_path(args.out, "--out")
     preset, model, meta = _load_model(args.model)
     data = prepare(
         args.image,
@@ -326,12 +339,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ..training import Trainer
 
+    out = Path(args.out)
     config = _config(args, data, preset, out, device)
     metadata = dict(meta or {})
     if data.label_mapping is not None:
         metadata["label_mapping"] = data.label_mapping
     trainer = Trainer(data.image, data.labels, config, model=model, metadata=metadata or None)
-    return train_loop(trainer, out, quiet=args.quiet)
+    out = prepare_output(
+        out, "--out", overwrite=args.overwrite, need_bytes=_checkpoint_bytes(trainer),
+        exact_size=True,
+    )  # fmt: skip
+    with locked_outputs([(out, "--out")]):
+        return train_loop(trainer, out, quiet=args.quiet)
 
 
 def _event_message(event: Any, cfg: Any) -> str | None:
@@ -372,14 +391,32 @@ def _show_iteration(progress: Progress, event: Any, max_s: float | None) -> None
     )
 
 
+def _final_save(trainer: Any, out: Path, done: str) -> int:
+    """Save ``trainer`` to ``out`` (else to a rescue location); print what happened; the status."""
+    path, error = save_or_rescue(out, trainer.save)
+    if error is not None:
+        print(
+            f"napari-unet: error: {error}; {done}: saved the model to {path} instead",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    return 0
+
+
 def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
-    """Run ``trainer``, printing progress; save to ``out``.  Returns the exit status."""
-    from ..training import CheckpointSaved, Finished, Iteration, TrainingWarning
+    """Run ``trainer``, printing progress; save to ``out``.  Returns the exit status.
+
+    0: trained and saved to ``out``; 1: saved elsewhere (``out`` failed) or the
+    training diverged (the last finite weights are saved); 130: interrupted.
+    """
+    from ..training import CheckpointSaved, Diverged, Finished, Iteration, TrainingWarning
 
     cfg = trainer.config
     progress = Progress("training", quiet=quiet)
     saved_at: int | None = None
     finished: Any = None
+    diverged: str | None = None
     it = 0
     max_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     try:
@@ -390,6 +427,8 @@ def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
             elif isinstance(event, TrainingWarning):
                 progress.close()
                 warn(event.message)
+            elif isinstance(event, Diverged):
+                diverged = event.message
             elif isinstance(event, CheckpointSaved):
                 saved_at = event.iteration
             elif isinstance(event, Finished):
@@ -399,16 +438,22 @@ def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
     except KeyboardInterrupt:
         progress.close()
         trainer.stop()
-        path = trainer.save(out)
-        print(f"interrupted after {it} iterations: saved {path}", flush=True)
+        status = _final_save(trainer, out, f"interrupted after {it} iterations")
+        if status == 0:
+            print(f"interrupted after {it} iterations: saved {out}", flush=True)
         return 130
     progress.close()
     if finished is None:  # pragma: no cover - run() always ends with Finished
         raise RuntimeError("training ended without a Finished event")
+    status = 0
     if saved_at != finished.iterations:
-        # the Trainer turns a failed save into a warning; here it must be an error
-        trainer.save(out)
-    if not quiet:
+        # the Trainer turns a failed save into a warning; here it must be saved somewhere
+        status = _final_save(trainer, out, f"trained {finished.iterations} iterations")
+    if diverged is not None:
+        where = f"; saved them to {out}" if status == 0 else ""
+        print(f"napari-unet: error: {diverged}{where}", file=sys.stderr, flush=True)
+        return 1
+    if not quiet and status == 0:
         loss = "n/a" if finished.final_loss is None else f"{finished.final_loss:.4f}"
         why = {"time_limit": "time limit reached", "completed": "done", "stopped": "stopped"}
         print(
@@ -416,4 +461,4 @@ def train_loop(trainer: Any, out: Path, *, quiet: bool = False) -> int:
             f"{progress.elapsed():.0f} s, final loss {loss}; saved {out}",
             flush=True,
         )
-    return 0
+    return status
