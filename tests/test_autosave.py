@@ -12,10 +12,15 @@ import tifffile
 from napari_unet.autosave import (
     AUTOSAVE_ENV,
     AUTOSAVE_SUFFIX,
+    MAX_CLASSES,
+    MAX_DEPTH,
+    MAX_NAME_LENGTH,
+    MAX_SIDECAR_BYTES,
     AutosaveError,
     LabelsAutosave,
     PendingChanges,
     autosave_path_for,
+    check_classes,
     classes_path,
     default_autosave_dir,
     read_autosaved_classes,
@@ -203,3 +208,49 @@ def test_sidecar_not_utf8_and_missing(tmp_path):
     classes_path(path).write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(AutosaveError, match="cannot read the classes file"):
         read_autosaved_classes(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"class_names": [True], "class_colors": ["#fff"]}, "bool True is not text"),
+        ({"class_names": [None], "class_colors": ["#fff"]}, "NoneType None is not text"),
+        ({"class_names": ["x" * 65], "class_colors": ["#fff"]}, "longer than 64 characters"),
+        ({"class_names": ["a\nb"], "class_colors": ["#fff"]}, "control characters"),
+        ({"class_names": ["\u202egnp.exe"], "class_colors": ["#fff"]}, "control characters"),
+        ({"class_names": [[["a"]]], "class_colors": ["#fff"]}, "is not text"),
+        ({"class_names": ["a"], "class_colors": ["#fff"], "x": [[[[1]]]]}, "4 levels deep"),
+        ({"class_names": ["a"], "class_colors": ["#ffffff\n"]}, "one colour"),
+        ({"class_names": ["a"], "class_colors": ["#12345"]}, "one colour"),
+    ],
+)
+def test_classes_schema(data, match):
+    with pytest.raises(AutosaveError, match=match) as info:
+        check_classes(data, "side.json")
+    assert str(info.value).startswith("side.json: ") and len(str(info.value)) < 200
+
+
+def test_classes_schema_accepts_what_the_dock_writes(tmp_path):
+    names = [f"{k:03d} " + "n" * (MAX_NAME_LENGTH - 4) for k in range(MAX_CLASSES)]
+    colors = ["#abc", "#a1b2c3", "#a1b2c3d4"] * (MAX_CLASSES // 3)
+    path = tmp_path / f"em{AUTOSAVE_SUFFIX}"
+    write_classes(path, names, colors)
+    assert read_autosaved_classes(path) == (names, colors)
+    assert check_classes({"class_names": ["  cell "], "class_colors": ["#fff"]}) == (
+        ["cell"],
+        ["#fff"],
+    )
+
+
+def test_deeply_nested_or_huge_sidecars(tmp_path):
+    path = tmp_path / f"em{AUTOSAVE_SUFFIX}"
+    side = classes_path(path)
+    side.write_text('{"class_names": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(AutosaveError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        read_autosaved_classes(path)  # json's RecursionError becomes the file's error
+    side.write_text(" " * (MAX_SIDECAR_BYTES + 1))
+    with pytest.raises(AutosaveError, match="too large for a classes file"):
+        read_autosaved_classes(path)
+    write_labels_tiff(path, _labels())
+    data, classes, problem = restore_autosave(path, _labels().shape)
+    assert data is not None and classes is None and "too large" in problem

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,15 @@ __all__ = [
     "AUTOSAVE_SUFFIX",
     "CLASSES_SUFFIX",
     "MAX_CLASSES",
+    "MAX_DEPTH",
+    "MAX_NAME_LENGTH",
+    "MAX_SIDECAR_BYTES",
     "AutosaveError",
     "LabelsAutosave",
     "PendingChanges",
     "SaveResult",
     "autosave_path_for",
+    "check_classes",
     "classes_path",
     "default_autosave_dir",
     "read_autosaved_classes",
@@ -47,7 +52,13 @@ CLASSES_SUFFIX = ".napari-unet-labels.json"
 AUTOSAVE_ENV = "NAPARI_UNET_AUTOSAVE_DIR"
 #: the most classes an annotation (uint8 labels) holds
 MAX_CLASSES = 255
-_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+#: the longest class name (characters) a classes sidecar may hold
+MAX_NAME_LENGTH = 64
+#: the deepest nesting of lists/objects a classes sidecar may hold (it needs 2)
+MAX_DEPTH = 4
+#: the largest classes sidecar read (255 names and colours take about 20 KB)
+MAX_SIDECAR_BYTES = 1 << 20
+_COLOR = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})")
 _LEVEL = 6  # zlib level of the pages
 
 
@@ -115,23 +126,56 @@ def read_autosaved_labels(path: str | os.PathLike, shape: Sequence[int]) -> np.n
     return arr
 
 
+def _depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests lists and objects (counted up to ``limit + 1``, no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def _name_problem(name: Any) -> str | None:
+    if not isinstance(name, str):
+        return f"{type(name).__name__} {reprlib.repr(name)} is not text"
+    name = name.strip()
+    if not name:
+        return "a name is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"{reprlib.repr(name)} is longer than {MAX_NAME_LENGTH} characters"
+    if not name.isprintable():
+        return f"{reprlib.repr(name)} holds control characters"
+    return None
+
+
 def check_classes(data: Any, where: str = "classes") -> tuple[list[str], list[str]]:
-    """``(names, colours)`` of a classes sidecar's content, or an :class:`AutosaveError`."""
+    """``(names, colours)`` of a classes sidecar's content, or an :class:`AutosaveError`.
+
+    The schema: an object whose ``class_names`` is a list of 1..:data:`MAX_CLASSES`
+    printable names of at most :data:`MAX_NAME_LENGTH` characters and whose
+    ``class_colors`` holds one ``#rgb``/``#rrggbb``/``#rrggbbaa`` colour per name;
+    nothing nested deeper than :data:`MAX_DEPTH` levels.  Other keys are ignored.
+    """
     if not isinstance(data, dict):
         raise AutosaveError(f"{where}: expected an object with class_names and class_colors")
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise AutosaveError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     names, colors = data.get("class_names"), data.get("class_colors")
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(n, str) and n.strip() for n in names)
-    ):
+    if not isinstance(names, list) or not names:
         raise AutosaveError(f"{where}: class_names must be a non-empty list of names")
     if len(names) > MAX_CLASSES:
         raise AutosaveError(f"{where}: {len(names)} classes; at most {MAX_CLASSES} are supported")
+    problem = next((p for p in map(_name_problem, names) if p is not None), None)
+    if problem is not None:
+        raise AutosaveError(f"{where}: class_names must be a non-empty list of names ({problem})")
     if (
         not isinstance(colors, list)
         or len(colors) != len(names)
-        or not all(isinstance(c, str) and _COLOR.match(c) for c in colors)
+        or not all(isinstance(c, str) and _COLOR.fullmatch(c) for c in colors)
     ):
         raise AutosaveError(
             f"{where}: class_colors must be one colour like '#ff3b30' per class "
@@ -146,18 +190,26 @@ def read_autosaved_classes(path: str | os.PathLike) -> tuple[list[str], list[str
     Raises
     ------
     AutosaveError
-        For a sidecar that is not UTF-8 JSON or does not hold one name and one
-        ``#rrggbb`` colour per class.
+        For a sidecar that is not UTF-8 JSON, is larger than :data:`MAX_SIDECAR_BYTES`
+        or does not follow the schema of :func:`check_classes`.
     """
     side = classes_path(path)
     if not side.is_file():
         return None
     try:
+        size = side.stat().st_size
+        if size > MAX_SIDECAR_BYTES:
+            raise AutosaveError(
+                f"{side.name}: {size:,} bytes is too large for a classes file "
+                f"(at most {MAX_SIDECAR_BYTES:,})"
+            )
         text = side.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise AutosaveError(f"{side.name}: cannot read the classes file ({exc})") from exc
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise AutosaveError(f"{side.name}: nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:
         raise AutosaveError(f"{side.name}: not a JSON classes file ({exc})") from exc
     return check_classes(data, side.name)

@@ -170,3 +170,73 @@ def test_previews_without_image(make_napari_viewer, notifications, name):
     w = dock(viewer, name)
     assert w.compute() is None
     assert any("no image layer" in m for m in _errors(notifications))
+
+
+def test_export_target_held_by_another_run(viewer_with_stack, qtbot, tmp_path, notifications):
+    from napari_unet.outputs import OutputLock
+
+    viewer, _, truth = viewer_with_stack()
+    ann = dock(viewer, "1 Annotate")
+    paint(ann.create_labels(), truth, 0)
+    ex = dock(viewer, "7 Export")
+    ex.what.setCurrentText("training labels")
+    ex.folder.setText(str(tmp_path))
+    target = tmp_path / "em_labels.tif"
+    with OutputLock(target, "--out"):  # e.g. a 'napari-unet predict --out em_labels.tif' running
+        with qtbot.waitSignal(ex.export_finished, timeout=30_000) as blocker:
+            ex.export()
+    assert blocker.args == [False]
+    assert any(
+        "export failed" in m
+        and str(target) in m
+        and "being written by another napari-unet run" in m
+        for m in _errors(notifications)
+    )
+    assert not target.exists()
+    with qtbot.waitSignal(ex.export_finished, timeout=30_000) as blocker:
+        ex.export()  # the lock is gone: the same export now succeeds, leaving no lock file
+    assert blocker.args == [True] and target.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_folder_that_accepts_no_files(viewer_with_stack, tmp_path, notifications):
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc on this system")
+    viewer, _, truth = viewer_with_stack()
+    ann = dock(viewer, "1 Annotate")
+    paint(ann.create_labels(), truth, 0)
+    ex = dock(viewer, "7 Export")
+    ex.what.setCurrentText("training labels")
+    ex.folder.setText("/proc")
+    assert ex.export() is None  # refused before any worker starts
+    assert any("/proc" in m and ("not writable" in m or "cannot create a file" in m)
+               for m in _errors(notifications))  # fmt: skip
+
+
+def test_export_of_an_incomplete_zarr_result_is_refused(
+    viewer_with_stack, qtbot, tmp_path, notifications
+):
+    from napari_unet.completion import SliceRecorder, start_record
+    from napari_unet.writers import create_zarr
+
+    viewer, _, truth = viewer_with_stack()
+    result = create_zarr(tmp_path / "pred.zarr", truth.shape, np.uint8)
+    recorder = SliceRecorder(result, start_record(result, {"slices": [0, 1, 2, 3]}))
+    result[0] = truth[0]
+    recorder.mark(0)
+    recorder.flush()  # killed after slice 0: slices 1-3 read 0
+    layer = viewer.add_labels(result, name="pred")
+    ex = dock(viewer, "7 Export")
+    ex.state.set_prediction_layer(layer)
+    ex.what.setCurrentText("prediction")
+    ex.folder.setText(str(tmp_path / "out"))
+    assert ex.export() is None
+    assert any(
+        "not exported: layer 'pred' is incomplete: slice(s) 1-3 of 4 were never written" in m
+        for m in _errors(notifications)
+    )
+    assert not (tmp_path / "out" / "em_prediction.tif").exists()
+    recorder.finish()  # once complete, it exports
+    with qtbot.waitSignal(ex.export_finished, timeout=30_000) as blocker:
+        ex.export()
+    assert blocker.args == [True] and (tmp_path / "out" / "em_prediction.tif").exists()

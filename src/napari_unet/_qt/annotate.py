@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ..autosave import (
+    MAX_CLASSES,
     LabelsAutosave,
     PendingChanges,
     SaveResult,
@@ -94,6 +95,8 @@ class AnnotateWidget(UNetWidget):
         self.go_to_next_suggestion = self.suggestions.go_to_next
         for panel in (self.classes, self.slices, self.suggestions, self.autosave_box):
             self.layout().addWidget(panel)
+        # the class balance line lists every class: many or long names must not widen the dock
+        self.slices.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.finish_layout()
         self._stats_throttle = Throttle(self._update_stats, 400, self)
         self._connect()
@@ -213,22 +216,22 @@ class AnnotateWidget(UNetWidget):
         return True
 
     def create_labels(self) -> Labels | None:
-        """Create the training Labels layer for the current image (restoring an autosave)."""
+        """Create the training Labels layer for the current image (restoring an autosave).
+
+        All or nothing: if anything fails, the classes are put back and no layer is left.
+        """
         image = self.grayscale_image(
             "no image layer: open a stack (File > Open) or a sample, then create labels"
         )
         if image is None:
             return None
-        shape = tuple(image.data.shape)
-        data, restored = self._read_autosave(shape)
-        if data is None:
-            data = np.zeros(shape, dtype=label_dtype(len(self.state.class_names)))
-        md = {"napari_unet": {"training_labels": True, "image": image.name}}
-        layer = put_layer(
-            self.viewer, None, f"{image.name} labels", "labels", data,
-            opacity=0.6, metadata=md, **spatial_kwargs(image),
-        )  # fmt: skip
-        self._style_labels(layer)
+        before = (list(self.state.class_names), list(self.state.class_colors))
+        try:
+            layer, restored = self._new_labels(image)
+        except Exception as exc:  # nothing half-applied: no half-styled layer, the old classes
+            self.state.set_classes(*before)
+            self.error(friendly_error(exc, "creating the training labels failed"))
+            return None
         self._origin = restored or _NEW
         self.state.set_labels_layer(layer)  # shown in the combo box by _on_state_labels
         try:
@@ -247,7 +250,27 @@ class AnnotateWidget(UNetWidget):
             )
         return layer
 
+    def _new_labels(self, image: Image) -> tuple[Labels, Path | None]:
+        """The new labels layer (the autosave's labels and classes, else zeros) and its source."""
+        shape = tuple(image.data.shape)
+        data, restored = self._read_autosave(shape)
+        if data is None:
+            data = np.zeros(shape, dtype=label_dtype(len(self.state.class_names)))
+        md = {"napari_unet": {"training_labels": True, "image": image.name}}
+        layer = put_layer(
+            self.viewer, None, f"{image.name} labels", "labels", data,
+            opacity=0.6, metadata=md, **spatial_kwargs(image),
+        )  # fmt: skip
+        try:
+            self._style_labels(layer)
+        except Exception:
+            self.viewer.layers.remove(layer)
+            raise
+        return layer, restored
+
     def _read_autosave(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, Path | None]:
+        """The autosaved labels (None if there are none or they cannot be used); their classes,
+        validated whole (:func:`napari_unet.autosave.check_classes`), go to the shared state."""
         path = self.autosave_path()
         if not (self.restore_check.isChecked() and path is not None and path.exists()):
             return None, None
@@ -351,8 +374,13 @@ class AnnotateWidget(UNetWidget):
     def _on_counts(self, counts: dict[int, np.ndarray]) -> None:
         self.slices.counts.update(counts)
         top = max((len(c) - 1 for c in counts.values()), default=0)
-        if self._grow_classes and top > len(self.state.class_names):
-            names, colors = self.state.class_names, self.state.class_colors
+        names, colors = self.state.class_names, self.state.class_colors
+        if self._grow_classes and top > MAX_CLASSES > len(names):
+            self.warning(
+                f"the labels hold values up to {top:,}: only classes 1..{MAX_CLASSES} are named"
+            )
+        top = min(top, MAX_CLASSES)
+        if self._grow_classes and top > len(names):
             self.state.set_classes(*reconcile_classes(top, names, colors))
         else:
             self._refresh_table()
@@ -363,6 +391,7 @@ class AnnotateWidget(UNetWidget):
 
     def _refresh_table(self) -> None:
         self.state.set_labelled_slices(self.slices.refresh(self.state.class_names))
+        self.slices.summary.setToolTip(self.slices.summary.text())  # it may be cut off
 
     def go_to_slice(self, z: int) -> None:
         layer = self._adopted or self.state.image_layer

@@ -1,7 +1,7 @@
 """7 Export: masks, probabilities and the model, written atomically by :mod:`napari_unet.writers`.
 
 Masks as labels TIFF (and PNGs), probabilities as an ImageJ TIFF or zarr, the model as a
-checkpoint; a worker reads the layers slice by slice and writes, errors become notifications.
+checkpoint; a worker writes each under its lock file, errors name the path and become notifications.
 """
 
 from __future__ import annotations
@@ -38,8 +38,16 @@ from ._workers import Job
 if TYPE_CHECKING:
     import napari
 
-#: one export step: what to call in the worker, and how to word what it wrote
-Task = tuple[Callable[[], Any], Callable[[Any], str]]
+#: one export step: its target, what to call in the worker, and how to word what it wrote
+Task = tuple[Path, Callable[[], Any], Callable[[Any], str]]
+
+
+class ExportError(InvalidImageError):
+    """An export step failed; the message names the user's path (never a temporary file)."""
+
+    def __init__(self, message: str, on_disk: bool) -> None:
+        super().__init__(message)
+        self.on_disk = on_disk  # a write error (disk, permissions, lock), not the data
 
 
 def _save_model(path: Path, model: Any, metadata: dict[str, Any]) -> Path:
@@ -48,10 +56,61 @@ def _save_model(path: Path, model: Any, metadata: dict[str, Any]) -> Path:
     return save_checkpoint(path, model, **metadata)
 
 
+def _failed(path: Path, exc: BaseException) -> ExportError:
+    """``exc`` of the step writing ``path`` as an :class:`ExportError` that names ``path``."""
+    from ..outputs import describe_os_error
+
+    text = str(exc).strip() or type(exc).__name__
+    plain_os = isinstance(exc, OSError) and not isinstance(exc, InvalidImageError | ValueError)
+    if plain_os:
+        text = describe_os_error(exc)
+    if str(path) not in text:
+        text = f"{path}: {text}"
+    return ExportError(text, isinstance(exc, OSError) or "not writable" in text)
+
+
 def _export_job(tasks: list[Task]) -> Any:
-    """Worker: run the export tasks one by one, yielding what was written."""
-    for write, describe in tasks:
-        yield ("written", describe(write()))
+    """Worker: run the export tasks one by one, each holding its target's lock file
+    (:class:`napari_unet.outputs.OutputLock`), yielding what was written."""
+    from ..outputs import OutputLock
+
+    for path, write, describe in tasks:
+        try:
+            with OutputLock(path, "export"):
+                written = write()
+        except Exception as exc:
+            raise _failed(path, exc) from exc
+        yield ("written", describe(written))
+
+
+def _recorded_result(data: Any, source: Path | None) -> Any:
+    """The zarr array that may hold ``data``'s completion record: ``data`` itself, else the
+    zarr array ``source`` (the file the layer was read from), else None."""
+    if getattr(data, "attrs", None) is not None:
+        return data
+    if source is None or source.suffix != ".zarr":
+        return None
+    try:
+        import zarr
+
+        opened = zarr.open(str(source), mode="r")
+    except Exception:  # not readable as zarr: nothing to check
+        return None
+    return opened if tuple(getattr(opened, "shape", ())) == tuple(data.shape) else None
+
+
+def incomplete(data: Any, what: str, source: Path | None = None) -> str | None:
+    """Why a result read by the window is incomplete (``completion.check_complete``), or None."""
+    from ..completion import IncompleteResultError, check_complete
+
+    array = _recorded_result(data, source)
+    if array is None:
+        return None
+    try:
+        check_complete(array, what=what)
+    except IncompleteResultError as exc:
+        return str(exc)
+    return None
 
 
 def _pngs_written(folder: Path) -> Callable[[list[Path]], str]:
@@ -135,6 +194,13 @@ class ExportWidget(UNetWidget):
         if not os.access(folder, os.W_OK):
             self.error(f"folder {folder} is not writable: choose another folder")
             return None
+        from ..outputs import OutputError, probe_writable
+
+        try:  # a file is really created there: catches read-only mounts, /proc, a full disk
+            probe_writable(folder / "export", "export folder")
+        except OutputError as exc:
+            self.error(str(exc))
+            return None
         return folder
 
     def _mask_tasks(self, folder: Path, prefix: str) -> list[Task] | None:
@@ -155,12 +221,16 @@ class ExportWidget(UNetWidget):
                     self.error(missing)
                     return None
                 continue
+            problem = incomplete(layer.data, f"layer {layer.name!r}", image_source_path(layer))
+            if problem is not None:
+                self.error(f"not exported: {problem}")
+                return None
             scale = tuple(float(s) for s in layer.scale)
             path = folder / f"{prefix}_{tag}.tif"
-            tasks.append((partial(write_mask_tiff, path, layer.data, scale), str))
+            tasks.append((path, partial(write_mask_tiff, path, layer.data, scale), str))
             if self.png.isChecked():
                 pngs = folder / f"{prefix}_{tag}_png"
-                tasks.append((partial(write_pngs, pngs, layer.data), _pngs_written(pngs)))
+                tasks.append((pngs, partial(write_pngs, pngs, layer.data), _pngs_written(pngs)))
         return tasks
 
     def _other_tasks(self, folder: Path, prefix: str) -> list[Task] | None:
@@ -173,21 +243,24 @@ class ExportWidget(UNetWidget):
                     "no probabilities: predict with 'probabilities of' ticked in '5 Predict'"
                 )
                 return None
+            if (problem := incomplete(probs, "the probabilities")) is not None:
+                self.error(f"not exported: {problem}")
+                return None
             image = self.state.image_layer
             scale = tuple(float(s) for s in image.scale) if image is not None else (1.0,) * 3
             if self.probs_fmt.currentText() == "TIFF":
                 path = folder / f"{prefix}_probabilities.tif"
-                tasks.append((partial(write_probabilities_tiff, path, probs, scale), str))
+                tasks.append((path, partial(write_probabilities_tiff, path, probs, scale), str))
             else:
                 path = folder / f"{prefix}_probabilities.zarr"
-                tasks.append((partial(write_probabilities_zarr, path, probs), str))
+                tasks.append((path, partial(write_probabilities_zarr, path, probs), str))
         if self.model.isChecked():
             if self.state.model is None:
                 self.error("no model in memory to export: train one in '4 Train'")
                 return None
             path = folder / f"{prefix}_unet.pt"
             metadata = dict(self.state.metadata)
-            tasks.append((partial(_save_model, path, self.state.model, metadata), str))
+            tasks.append((path, partial(_save_model, path, self.state.model, metadata), str))
         return tasks
 
     def _tasks(self, folder: Path) -> list[Task] | None:
@@ -231,7 +304,8 @@ class ExportWidget(UNetWidget):
         self._failed = True
         if isinstance(exc, InvalidImageError):
             msg = f"export failed: {exc}"
-            on_disk = isinstance(exc, OSError) or "not writable" in msg or "could not write" in msg
+            on_disk = getattr(exc, "on_disk", isinstance(exc, OSError))
+            on_disk = on_disk or "not writable" in msg or "could not write" in msg
             if on_disk and "choose another folder" not in msg:  # a write error, not the data
                 msg += "; choose another folder or free some disk space"
             self.error(msg)

@@ -1,17 +1,15 @@
 """5 Predict: tiled prediction of a slice, the visible slices, a range or the whole stack.
 
-A worker predicts slice by slice (:func:`napari_unet.tiling.predict_tiled`); results go into the
-"<image> prediction" layer, in memory or streamed by the worker into a temporary zarr array.
+A worker (:mod:`._predict_job`) normalises the stack as the training stack was and predicts slice
+by slice; results go into the "<image> prediction" layer, in memory or streamed to a temporary zarr.
 """
 
 from __future__ import annotations
 
-import copy
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,8 +18,7 @@ from qtpy.QtWidgets import QWidget
 
 from ..classes import reconcile_classes
 from ..labels import label_dtype
-from ..slices import read_slice
-from ..writers import create_zarr
+from ..slices import format_slices
 from ._common import (
     Throttle,
     current_z,
@@ -34,6 +31,15 @@ from ._common import (
     visible_z_range,
 )
 from ._compute import warm_torch
+from ._predict_job import (
+    CANCELLED,
+    DISK_THRESHOLD,  # noqa: F401 - re-exported: the storage rule's threshold
+    Normalised,
+    Outputs,
+    PredictRequest,
+    SliceDone,
+    predict_job,
+)
 from ._widgets import UNetWidget
 from ._workers import Job
 from .panels.predict_settings import PredictSettings
@@ -42,143 +48,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels
 
-#: predictions larger than this (bytes of labels) stream to disk in "auto" mode
-DISK_THRESHOLD = 1 << 30
 PRED_SUFFIX = " prediction"
-
-
-@dataclass
-class PredictRequest:
-    """Everything one prediction run needs (built on the GUI thread, read by the worker)."""
-
-    image: Any
-    slices: list[int]
-    model: Any = None
-    metadata: dict[str, Any] | None = None
-    checkpoint: str | None = None
-    tile: int | None = None
-    batch: int | None = None
-    device: str = "auto"
-    tta: bool = False
-    probabilities: bool = False
-    storage: str = "auto"  # "auto", "memory" or "disk (zarr)"
-    lazy: bool = False  # the image is not an in-memory numpy array
-    folder: str | None = None  # where new zarr arrays go
-    reuse: tuple[Any, Any] = (None, None)  # zarr arrays of the last run (labels, probabilities)
-
-
-@dataclass
-class Outputs:
-    """Yielded before the first slice: the zarr arrays the worker writes (None: the GUI's)."""
-
-    n_classes: int
-    labels: Any
-    probabilities: Any
-    metadata: dict[str, Any] | None = None  # of a model loaded from a checkpoint
-
-
-@dataclass
-class SliceDone:
-    z: int
-    labels: np.ndarray | None  # None when the worker wrote it to ``Outputs.labels``
-    probabilities: np.ndarray | None
-    done: int  # slices finished so far
-
-
-#: yielded when the run stops early (finished slices stay)
-CANCELLED = "cancelled"
-
-
-def _on_disk(storage: str, lazy: bool, nbytes: int) -> bool:
-    if storage == "memory":
-        return False
-    return storage == "disk (zarr)" or lazy or nbytes > DISK_THRESHOLD
-
-
-def _zarr_array(reuse: Any, folder: str, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-    """``reuse`` if it is a zarr array of ``shape`` that holds ``dtype``, else a new one."""
-    import zarr
-
-    if isinstance(reuse, zarr.Array) and reuse.shape == shape and np.can_cast(dtype, reuse.dtype):
-        return reuse
-    return create_zarr(
-        tempfile.mkdtemp(prefix=f"{name}-", suffix=".zarr", dir=folder), shape, dtype
-    )
-
-
-def _outputs(req: PredictRequest, n_classes: int) -> Outputs:
-    """Worker: the zarr arrays to stream into (the storage rule applied to each result)."""
-    shape = tuple(int(n) for n in req.image.shape)
-    wanted = [("prediction", shape, label_dtype(n_classes))]
-    if req.probabilities:
-        wanted.append(("probabilities", (n_classes, *shape), np.dtype(np.float32)))
-    arrays: list[Any] = [None, None]
-    for i, (name, ashape, dtype) in enumerate(wanted):
-        nbytes = int(np.prod(ashape)) * dtype.itemsize
-        if req.folder and _on_disk(req.storage, req.lazy, nbytes):
-            arrays[i] = _zarr_array(req.reuse[i], req.folder, name, ashape, dtype)
-    return Outputs(n_classes, *arrays)
-
-
-def _model_on_device(req: PredictRequest) -> tuple[Any, dict[str, Any], Any, Any]:
-    """Worker: the model (loaded from the checkpoint if any), its metadata, device and statistics."""
-    from ..devices import resolve_device
-    from ..normalization import compute_normalization
-
-    model, metadata = req.model, req.metadata
-    if req.checkpoint is not None:
-        from ..checkpoint import load_checkpoint
-
-        model, metadata = load_checkpoint(req.checkpoint)
-    metadata = metadata or {}
-    norm = metadata.get("normalization")
-    if not (isinstance(norm, dict) and "mean" in norm and "std" in norm):
-        norm = compute_normalization(req.image)
-    dev = resolve_device(req.device)
-    params = list(model.parameters())
-    if params and params[0].device != dev and not (dev.type == params[0].device.type == "cuda"):
-        model = copy.deepcopy(model).to(dev)  # once, not per slice
-    return model, metadata, dev, norm
-
-
-def _predict_job(req: PredictRequest, cancel: threading.Event) -> Any:
-    """Worker: predict ``req.slices`` one by one; zarr results are written here, not in the GUI."""
-    from ..tiling import PredictionCancelled, predict_tiled
-
-    model, metadata, dev, norm = _model_on_device(req)
-    out = _outputs(req, int(model.n_classes))
-    if req.checkpoint is not None:
-        out.metadata = metadata
-    yield out
-    for i, z in enumerate(req.slices):
-        if cancel.is_set():
-            yield CANCELLED
-            return
-        try:
-            result = predict_tiled(
-                model,
-                read_slice(req.image, z),
-                tile_size=req.tile,
-                batch_size=req.batch,
-                device=dev,
-                return_probabilities=req.probabilities,
-                normalization=norm,
-                tta=req.tta,
-                progress=lambda done, n: not cancel.is_set(),
-            )
-        except PredictionCancelled:
-            yield CANCELLED
-            return
-        labels, probs = result if req.probabilities else (result, None)
-        labels, probs = np.asarray(labels), None if probs is None else np.asarray(probs)
-        index = int(z) if len(req.image.shape) >= 3 else ...
-        if out.labels is not None:
-            out.labels[index] = labels
-            labels = None
-        if out.probabilities is not None:
-            out.probabilities[(slice(None), index)] = probs.astype(np.float32, copy=False)
-            probs = None
-        yield SliceDone(int(z), labels, probs, i + 1)
 
 
 class PredictWidget(UNetWidget):
@@ -198,6 +68,7 @@ class PredictWidget(UNetWidget):
         self._total = 0
         self._tempdir: str | None = None
         self._meta: dict[str, Any] = {}
+        self._normalised: Normalised | None = None  # the last stack's statistics (reused)
         self._outputs: Outputs | None = None
         self._wants_probs = False
         self._outcome = "completed"
@@ -275,6 +146,7 @@ class PredictWidget(UNetWidget):
                 self._tempdir = tempfile.mkdtemp(prefix="napari-unet-")
             req.folder = self._tempdir
         req.reuse = (getattr(self.state.prediction_layer, "data", None), self.state.probabilities)
+        req.normalised = self._normalised
         return req
 
     def predict(self) -> Job | None:
@@ -300,7 +172,7 @@ class PredictWidget(UNetWidget):
             self._pbar.close()
         self._pbar = progress(total=self._total, desc="U-Net prediction")
         job = Job(
-            _predict_job,
+            predict_job,
             req,
             self._cancel,
             on_yield=self._on_item,
@@ -329,10 +201,27 @@ class PredictWidget(UNetWidget):
                 self._fill_prob_classes()
             self._outputs = item
             self._ensure_layers(item)
+        elif isinstance(item, Normalised):
+            self._normalised = item
+            if item.note:
+                self.warning(f"{self._image_name()}: {item.note}")
+        elif isinstance(item, Warning):  # the run's NaN/inf pixels (a NonFiniteWarning)
+            self.warning(self._nonfinite_message(item))
         elif item == CANCELLED:
             self._outcome = "cancelled"
         elif isinstance(item, SliceDone):
             self._write_slice(item)
+
+    def _image_name(self) -> str:
+        image = self.state.image_layer
+        return repr(image.name) if image is not None else "the image"
+
+    def _nonfinite_message(self, report: Any) -> str:
+        image = self.state.image_layer
+        where = ""
+        if image is not None and image.data.ndim >= 3:
+            where = f" (slice(s) {format_slices(report.slices)})"
+        return f"{self._image_name()}: {report}{where}"
 
     def _labels_data(self, out: Outputs, layer: Labels | None, shape: tuple[int, ...]) -> Any:
         """The worker's zarr array, else the layer's numpy data if it fits, else new zeros."""

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,20 @@ def _spec_for(model_or_checkpoint: Any) -> tuple[_ModelSpec, nn.Module, dict[str
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     token = _state_token(config, state)
     return _ModelSpec(token=token, config=dict(config), state_dict=state), model, {}
+
+
+def _checkpoint_normalization(darr: Any, metadata: dict[str, Any]) -> dict[str, float]:
+    """The checkpoint's statistics for this array, mapped onto the training stack's intensity
+    range when the array's differs (:func:`napari_unet.normalization.stack_normalization`);
+    the note, if any, is a warning."""
+    from ..normalization import check_intensity, stack_normalization
+
+    intensity = metadata.get("intensity")
+    intensity = None if intensity is None else check_intensity(intensity)
+    stats, note = stack_normalization(darr, metadata["normalization"], intensity)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return stats
 
 
 def _worker_model(spec: _ModelSpec, device: str | torch.device | None) -> nn.Module:
@@ -233,7 +248,8 @@ def predict_dask(
     model_or_checkpoint : UNet or str or os.PathLike
         A UNet (its config and weights are shipped once and the network is
         cached per worker process) or a checkpoint path loaded by every
-        worker (its ``normalization`` is used when ``normalization`` is None).
+        worker (its ``normalization`` is used when ``normalization`` is None, mapped
+        onto the array's range by :func:`~napari_unet.normalization.stack_normalization`).
     array : dask array or array-like, (H, W) or (Z, H, W)
         Other arrays (numpy, zarr) are wrapped with ``dask.array.from_array``.
     out : str, os.PathLike or zarr array, optional
@@ -262,7 +278,7 @@ def predict_dask(
     shape = check_image(darr)
     tile, batch = check_tiling(model, tile_size, batch_size, overlap)
     if normalization is None and metadata.get("normalization") is not None:
-        normalization = metadata["normalization"]
+        normalization = _checkpoint_normalization(darr, metadata)
     norm = image_normalization(darr, normalization)
     if out is not None and return_probabilities and probabilities_out is None:
         raise ValueError("with out and return_probabilities=True, also pass probabilities_out")

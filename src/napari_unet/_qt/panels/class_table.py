@@ -1,6 +1,7 @@
 """The classes panel of the Annotate dock: presets and a table of the names and colours of 1..K.
 
 Names are edited in place, a click on a colour opens a colour dialog; edits go to the shared classes.
+Many or long names scroll and elide inside the panel: they never widen the dock.
 """
 
 from __future__ import annotations
@@ -11,19 +12,23 @@ from typing import Any
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
+    QAbstractScrollArea,
     QColorDialog,
     QComboBox,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
+    QLineEdit,
     QPushButton,
+    QSizePolicy,
+    QStyledItemDelegate,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ...autosave import MAX_CLASSES
+from ...autosave import MAX_CLASSES, MAX_NAME_LENGTH
 from ...classes import CLASS_PRESETS, PALETTE, default_colors
 
 
@@ -39,7 +44,18 @@ class ClassTable(QTableWidget):
         super().__init__(0, 3, parent)
         self.setHorizontalHeaderLabels(["value", "name", "colour"])
         self.verticalHeader().setVisible(False)
-        self.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
+        header.resizeSection(0, 48)
+        header.resizeSection(2, 56)
+        # the names never size the table (nor the dock): long ones are elided, many scroll
+        self.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustIgnored)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.setWordWrap(False)
+        self.setItemDelegateForColumn(1, _NameDelegate(self))
         self.setMaximumHeight(130)
         self._filling = False
         self.itemChanged.connect(self._on_item_changed)
@@ -52,7 +68,9 @@ class ClassTable(QTableWidget):
             self.setRowCount(len(names))
             for r, (name, color) in enumerate(zip(names, colors)):
                 self.setItem(r, 0, _fixed(str(r + 1)))
-                self.setItem(r, 1, QTableWidgetItem(name))
+                item = QTableWidgetItem(name)
+                item.setToolTip(name)
+                self.setItem(r, 1, item)
                 swatch = _fixed("")
                 swatch.setBackground(QColor(color))
                 swatch.setToolTip(f"{color} (click to change)")
@@ -72,6 +90,16 @@ class ClassTable(QTableWidget):
         color = QColorDialog.getColor(current, self, "Class colour")
         if color.isValid():
             self.color_chosen.emit(row + 1, color.name())
+
+
+class _NameDelegate(QStyledItemDelegate):
+    """Edits a class name in a line edit that takes at most :data:`MAX_NAME_LENGTH` characters."""
+
+    def createEditor(self, parent: QWidget, option: Any, index: Any) -> QWidget:
+        editor = super().createEditor(parent, option, index)
+        if isinstance(editor, QLineEdit):
+            editor.setMaxLength(MAX_NAME_LENGTH)
+        return editor
 
 
 def _fixed(text: str) -> QTableWidgetItem:
@@ -99,6 +127,10 @@ class ClassPanel(QGroupBox):
         vb = QVBoxLayout(self)
         row = QHBoxLayout()
         self.preset_combo = QComboBox()
+        self.preset_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.preset_combo.setMinimumContentsLength(16)
         self.preset_combo.addItems(list(CLASS_PRESETS))
         self.preset_btn = QPushButton("Use preset")
         row.addWidget(self.preset_combo, 1)
@@ -161,6 +193,9 @@ class ClassPanel(QGroupBox):
             self.message.emit("warning", "a class needs a name")
             self.fill()
             return
+        if len(text) > MAX_NAME_LENGTH:
+            self.message.emit("warning", f"class names are cut to {MAX_NAME_LENGTH} characters")
+            text = text[:MAX_NAME_LENGTH].rstrip()
         names = list(self._classes.class_names)
         names[row] = text
         self._classes.set_classes(names, list(self._classes.class_colors))

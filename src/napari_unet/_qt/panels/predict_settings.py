@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,6 +34,13 @@ def _auto_spin(maximum: int, step: int = 1) -> QSpinBox:
     spin.setSingleStep(step)
     spin.setSpecialValueText("auto")
     return spin
+
+
+def _short_list(names: list[str], most: int = 6, longest: int = 24) -> str:
+    """``"a, b, c, … (300 in all)"``: at most ``most`` names, each cut to ``longest`` characters."""
+    shown = [n if len(n) <= longest else n[: longest - 1] + "…" for n in map(str, names[:most])]
+    more = f", … ({len(names)} in all)" if len(names) > most else ""
+    return ", ".join(shown) + more
 
 
 class PredictSettings(QWidget):
@@ -76,6 +83,11 @@ class PredictSettings(QWidget):
         row = QHBoxLayout()
         self.probs = QCheckBox("probabilities of")
         self.prob_class = QComboBox()
+        # sized for a short name: long or many class names never widen the dock
+        self.prob_class.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.prob_class.setMinimumContentsLength(12)
         row.addWidget(self.probs)
         row.addWidget(self.prob_class, 1)
         form.addRow(row)
@@ -104,7 +116,7 @@ class PredictSettings(QWidget):
         elif model is None:
             text = "no model in memory yet: train one in '4 Train' or use a checkpoint"
         else:
-            names = ", ".join(metadata.get("class_names") or [])
+            names = _short_list(metadata.get("class_names") or [])
             text = (
                 f"in memory: depth {model.depth}, {model.base_channels} base channels, "
                 f"{model.n_classes} classes ({names}), {metadata.get('iterations', 0)} iterations"
@@ -117,6 +129,7 @@ class PredictSettings(QWidget):
         self.prob_class.clear()
         for k, name in enumerate(names, start=1):
             self.prob_class.addItem(f"{k}: {name}", k)
+            self.prob_class.setItemData(k - 1, name, Qt.ItemDataRole.ToolTipRole)
         if 0 <= current < len(names):
             self.prob_class.setCurrentIndex(current)
 
