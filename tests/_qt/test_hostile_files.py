@@ -162,3 +162,14 @@ def test_a_failure_while_creating_labels_leaves_nothing_half_applied(
     )
     assert len(viewer.layers) == n_layers and ann.state.labels_layer is None  # no layer left
     assert (list(ann.state.class_names), list(ann.state.class_colors)) == before
+
+
+def test_a_label_value_near_2_to_the_32_is_counted_without_a_huge_allocation() -> None:
+    from napari_unet._qt.panels.slice_table import MAX_COUNTED_VALUE, count_values
+
+    labels = np.zeros((2, 8, 8), np.uint32)
+    labels[1, 0, :3] = (1, 2, 4_000_000_000)
+    counts = count_values(labels, 1, 2)
+    assert counts.size == MAX_COUNTED_VALUE + 2
+    assert counts[1] == counts[2] == counts[-1] == 1
+    assert counts.sum() == 64

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..autosave import (
     MAX_CLASSES,
@@ -95,8 +95,6 @@ class AnnotateWidget(UNetWidget):
         self.go_to_next_suggestion = self.suggestions.go_to_next
         for panel in (self.classes, self.slices, self.suggestions, self.autosave_box):
             self.layout().addWidget(panel)
-        # the class balance line lists every class: many or long names must not widen the dock
-        self.slices.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.finish_layout()
         self._stats_throttle = Throttle(self._update_stats, 400, self)
         self._connect()

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHeaderView,
     QLabel,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -24,10 +25,20 @@ from qtpy.QtWidgets import (
 
 from ...slices import read_slice
 
+#: label values counted one by one; larger ones (a crafted or instance file) are pooled
+MAX_COUNTED_VALUE = 65535
+
 
 def count_values(labels: Any, z: int, n_classes: int) -> np.ndarray:
-    """Pixels of each value ``0..max(K, max value)`` on slice ``z``."""
-    return np.bincount(read_slice(labels, z).ravel(), minlength=n_classes + 1)
+    """Pixels of each value ``0..max(K, max value)`` on slice ``z``.
+
+    Values above :data:`MAX_COUNTED_VALUE` are counted in the last bin, so a
+    value near 2**32 cannot make the count allocate gigabytes.
+    """
+    values = read_slice(labels, z).ravel()
+    if values.size and values.max() > MAX_COUNTED_VALUE:
+        values = np.minimum(values, MAX_COUNTED_VALUE + 1)
+    return np.bincount(values, minlength=n_classes + 1)
 
 
 def count_slices(labels: Any, n_classes: int, chunk: int = 16) -> Iterator[dict[int, np.ndarray]]:
@@ -119,6 +130,8 @@ class SlicePanel(QGroupBox):
         self.table = SliceTable()
         vb.addWidget(self.table)
         self.summary = QLabel("")
+        # the class balance line lists every class: many or long names must not widen the dock
+        self.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         vb.addWidget(self.summary)
         #: ``{z: pixels of each value}`` of the slices counted so far
         self.counts: dict[int, np.ndarray] = {}
@@ -135,5 +148,7 @@ class SlicePanel(QGroupBox):
         """Show the labelled slices with the class ``names``; return them."""
         rows = self.labelled()
         self.table.show_counts(rows, names)
-        self.summary.setText(balance_summary(rows, names))
+        text = balance_summary(rows, names)
+        self.summary.setText(text)
+        self.summary.setToolTip(text)
         return rows
