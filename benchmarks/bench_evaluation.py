@@ -195,10 +195,12 @@ def run_ours(
     device: str,
     method: str,
     train_slices: tuple[int, ...] = TRAIN_SLICES,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train with napari-unet's defaults for ``minutes`` and evaluate on EVAL_SLICES.
 
-    ``train_slices`` are the slices ``labels`` labels (for the labelled share).
+    ``train_slices`` are the slices ``labels`` labels (for the labelled share);
+    ``overrides`` changes TrainConfig fields (a recipe to compare with the defaults).
     """
     import torch
 
@@ -206,7 +208,8 @@ def run_ours(
     from napari_unet.training import Finished, Iteration, TrainConfig, Trainer, TrainingStarted
 
     torch.manual_seed(0)
-    config = TrainConfig(max_minutes=minutes, iterations=None, device=device, preview_every_s=0.0)
+    fields = {"max_minutes": minutes, "iterations": None, "device": device, "preview_every_s": 0.0}
+    config = TrainConfig(**{**fields, **(overrides or {})})
     t0 = time.perf_counter()
     trainer = Trainer(image, labels, config)
     last: Iteration | None = None
