@@ -1,18 +1,18 @@
-"""GUI responsiveness while napari-unet trains and predicts in its worker threads.
+"""The Train dock against ``napari-unet train``: throughput, latency and GUI responsiveness.
 
-Runs the interactive loop headlessly (under Xvfb: the existing ``$DISPLAY``,
-else PyVirtualDisplay, else an ``Xvfb`` subprocess) in a real, shown napari
-window with all seven docks: synthetic EM stack, two painted slices, training
-of the "small" preset on the CPU with the default settings (preview every 5 s,
-checkpoints), then prediction of every slice.
+ISBI 2012 (``../shared/data/isbi2012``; else the synthetic sample, noted) is opened with the
+plugin's reader in a real, shown napari window under Xvfb with all seven docks; slices 0-2 are
+painted with the truth.  Per configuration:
 
-A 10 ms ``QTimer`` heartbeat runs on the GUI thread the whole time; the gaps
-between its ticks are how long the GUI was unresponsive (a redraw of the
-canvas or of a plot lands there too).  Reported per phase: max and 99th
-percentile gap, and for training the time from pressing Train to the first
-iteration and to the first prediction-preview overlay.  Peak RSS of the process.
+* **headless**: ``napari-unet train`` in a fresh process, same data, same recipe, same minutes;
+* **window**: Train pressed with the dock's defaults and the same time limit.  Measured: the
+  iterations (and their ratio to the headless run), click -> first iteration, click -> first
+  preview overlay, a brush stroke on the viewed slice -> the trainer's ``LabelsChanged`` (seconds
+  and iterations) -> the first preview after it, and a 10 ms ``QTimer`` heartbeat on the GUI
+  thread (p99 / max gap: how long the GUI could not react);
+* then Predict of every slice, with the heartbeat.
 
-    python benchmarks/bench_gui.py [--quick]
+    python benchmarks/bench_gui.py [--quick] [--minutes M] [--threads default,1]
 """
 
 from __future__ import annotations
@@ -31,9 +31,19 @@ from typing import Any
 import numpy as np
 
 try:
-    from benchmarks._common import peak_rss_mib, report
+    from benchmarks._common import ISBI_DIR, isbi_available, machine, peak_rss_mib, report
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from _common import peak_rss_mib, report  # type: ignore[no-redef]
+    from _common import (  # type: ignore[no-redef]
+        ISBI_DIR,
+        isbi_available,
+        machine,
+        peak_rss_mib,
+        report,
+    )
+
+PAINTED = (0, 1, 2)
+#: the slice shown (and previewed) while training; the stroke lands there
+VIEWED = 1
 
 
 @contextlib.contextmanager
@@ -89,15 +99,17 @@ class Heartbeat:
         self.timer.stop()
         self.ticks.append(time.perf_counter())
         gaps = np.diff(np.asarray(self.ticks)) * 1000.0
+        nan = float("nan")
         return {
             "heartbeats": len(gaps),
-            "max_gap_ms": float(gaps.max()) if gaps.size else float("nan"),
-            "p99_gap_ms": float(np.percentile(gaps, 99)) if gaps.size else float("nan"),
-            "median_gap_ms": float(np.median(gaps)) if gaps.size else float("nan"),
+            "p99_gap_ms": float(np.percentile(gaps, 99)) if gaps.size else nan,
+            "max_gap_ms": float(gaps.max()) if gaps.size else nan,
+            "median_gap_ms": float(np.median(gaps)) if gaps.size else nan,
+            "gaps_over_100ms": int(np.count_nonzero(gaps > 100.0)),
         }
 
 
-def _wait(app: Any, done: Callable[[], bool], timeout: float) -> float:
+def _wait(done: Callable[[], bool], timeout: float) -> float:
     """Run the Qt event loop (not a busy poll) until ``done()``; return the seconds waited."""
     from qtpy.QtCore import QEventLoop, QTimer
 
@@ -114,114 +126,283 @@ def _wait(app: Any, done: Callable[[], bool], timeout: float) -> float:
     return time.perf_counter() - t0
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    shape = (4, 128, 128) if quick else (16, 512, 512)
-    iterations = 20 if quick else 25
-    rows: list[dict[str, Any]] = []
-    with virtual_display():
-        import napari
-        from qtpy.QtWidgets import QApplication
+class CpuShare:
+    """CPU seconds this benchmark (and its reaped children) used vs. the whole machine."""
 
-        from napari_unet._qt import open_all_widgets
+    def __init__(self) -> None:
+        self.start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        import resource
+
+        own = sum(
+            getattr(resource.getrusage(who), f)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for f in ("ru_utime", "ru_stime")
+        )
+        try:
+            with open("/proc/stat") as fh:
+                v = [int(x) for x in fh.readline().split()[1:]]
+            busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+        except OSError:  # not Linux
+            busy = float("nan")
+        return own, busy
+
+    def stop(self) -> dict[str, float]:
+        """``cpu_other_s``: what other processes took meanwhile (others' load skews a row)."""
+        own, busy = (b - a for a, b in zip(self.start, self._now()))
+        return {"cpu_own_s": own, "cpu_other_s": max(busy - own, 0.0)}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _data(quick: bool, tmp: Path) -> tuple[Path, np.ndarray, Path, str]:
+    """(image file, truth classes 1/2, labels file with slices 0-2 painted, description)."""
+    import tifffile
+
+    if isbi_available() and not quick:
+        image_path = ISBI_DIR / "train-volume.tif"
+        truth = np.where(tifffile.imread(ISBI_DIR / "train-labels.tif") == 0, 1, 2)
+        source = "ISBI 2012 train-volume (30 x 512 x 512)"
+    else:
         from napari_unet.sample_data import synthetic_em
 
+        shape = (4, 128, 128) if quick else (30, 512, 512)
         image, truth = synthetic_em(shape, seed=0)
-        viewer = napari.Viewer(show=True, title="bench_gui")
-        app = QApplication.instance()
-        viewer.window._qt_window.resize(1500, 950)
-        viewer.add_image(image, name="synthetic EM", colormap="gray")
-        widgets = open_all_widgets(viewer)
-        ann, tr, pr = widgets["annotate"], widgets["train"], widgets["predict"]
-        tmp = Path(tempfile.mkdtemp(prefix="bench_gui_"))
-        try:
-            ann.set_autosave(interval=5.0, folder=tmp / "autosave")
-            labels = ann.create_labels()
-            for z in (0, shape[0] // 2):
-                ys, xs = np.nonzero(np.ones(shape[1:], bool))
-                labels.data_setitem((np.full(ys.shape, z), ys, xs), truth[z][ys, xs])
-            _wait(app, lambda: not any(w.busy("warmup") for w in (tr, pr)), 60)
+        image_path = tmp / "image.tif"
+        tifffile.imwrite(image_path, image, photometric="minisblack")
+        why = "quick run" if quick else f"ISBI 2012 not found in {ISBI_DIR}"
+        source = f"synthetic EM {shape} ({why})"
+    truth = truth.astype(np.uint8)
+    labels = np.zeros_like(truth)
+    labels[list(PAINTED)] = truth[list(PAINTED)]
+    labels_path = tmp / "labels.tif"
+    tifffile.imwrite(labels_path, labels, photometric="minisblack")
+    return image_path, truth, labels_path, source
 
-            _wait(app, lambda: False, 3.0)  # let the first draws settle
-            hb = Heartbeat()
-            hb.start()
-            _wait(app, lambda: False, 3.0)
-            rows.append({"phase": "idle (baseline)", **hb.stop()})
 
-            tr.iterations.setValue(iterations)
-            tr.device.setCurrentText("cpu")
-            tr.folder_edit.setText(str(tmp / "models"))
-            if quick:
-                tr.patch.setValue(64)
-                tr.batch.setValue(2)
-            cpus = os.cpu_count() or 1
-            for threads in dict.fromkeys([max(cpus - 1, 1), cpus]):
-                tr.threads.setValue(threads if threads < cpus else 0)
-                t_start = time.perf_counter()
-                job = tr.start()
-                start_call = time.perf_counter() - t_start
-                if job is None:
-                    raise RuntimeError(f"training did not start: {tr.status.text()}")
-                hb.start()  # from the end of the button press
-                _wait(app, lambda: tr.iterations_seen >= 1, 600)
-                to_first = time.perf_counter() - t_start
-                _wait(app, lambda: not tr.busy(), 3600)
-                train_s = time.perf_counter() - t_start
-                stats = hb.stop()
-                rows.append(
-                    {
-                        "phase": f"training small preset, CPU, {iterations} it, {threads} thread(s)",
-                        **stats,
-                        "start_click_ms": 1000 * start_call,
-                        "wall_s": train_s,
-                        "to_first_iteration_s": to_first,
-                        "to_first_preview_s": tr.t_first_preview
-                        if tr.t_first_preview is not None
-                        else float("nan"),
-                        "previews": tr.preview_count,
-                        "it_per_s": tr.iterations_seen / max(train_s - to_first, 1e-9),
-                        "outcome": tr.last_reason,
-                    }
-                )
-                tr.set_model_choice("small")  # the same run again, from scratch
+def _limit_args(limit: dict[str, float]) -> list[str]:
+    if "minutes" in limit:
+        return ["--minutes", f"{limit['minutes']:g}"]
+    return ["--iterations", str(int(limit["iterations"]))]
 
-            pr.range.setCurrentText("all slices")
-            pr.device.setCurrentText("cpu")
-            t0 = time.perf_counter()
-            pr.predict()
-            start_call = time.perf_counter() - t0
-            hb.start()
-            _wait(app, lambda: not pr.busy(), 3600)
-            rows.append(
-                {
-                    "phase": f"prediction of {shape[0]} slices",
-                    **hb.stop(),
-                    "start_click_ms": 1000 * start_call,
-                    "wall_s": time.perf_counter() - t0,
-                    "outcome": "completed" if pr.slices_written == shape[0] else "incomplete",
-                }
-            )
-            viewer.close()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    import torch
 
+def headless(image: Path, labels: Path, limit: dict[str, float], out: Path) -> dict[str, Any]:
+    """``napari-unet train`` in a fresh process; the iterations its checkpoint records."""
+    cmd = [sys.executable, "-m", "napari_unet.cli", "train", "--image", str(image)]
+    cmd += ["--labels", str(labels), "--device", "cpu", "--out", str(out), "-q"]
+    t0, share = time.perf_counter(), CpuShare()
+    proc = subprocess.run(cmd + _limit_args(limit), capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"napari-unet train failed: {proc.stderr.strip()[-2000:]}")
+    from napari_unet.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(out)
+    return {
+        "phase": "headless: napari-unet train",
+        "iterations": meta["iterations"],
+        "wall_s": wall,
+        **share.stop(),
+    }
+
+
+# ----------------------------------------------------------------------------- window
+
+
+def _open_window(image_path: Path, truth: np.ndarray, tmp: Path) -> dict[str, Any]:
+    """A shown viewer with the stack read by the plugin, all docks, slices 0-2 painted."""
+    import napari
+
+    from napari_unet._qt import open_all_widgets
+
+    viewer = napari.Viewer(show=True, title="bench_gui")
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.open(str(image_path), plugin="napari-unet")
+    widgets = open_all_widgets(viewer)
+    ann = widgets["annotate"]
+    ann.set_autosave(interval=5.0, folder=tmp / "autosave")
+    labels = ann.create_labels()
+    for z in PAINTED:
+        ys, xs = np.nonzero(np.ones(truth.shape[1:], bool))
+        labels.data_setitem((np.full(ys.shape, z), ys, xs), truth[z][ys, xs])
+    viewer.dims.set_current_step(0, VIEWED)
+    return {"viewer": viewer, "labels": labels, **widgets}
+
+
+def _show_dock(widget: Any) -> None:
+    """Bring ``widget``'s tab to the front, as a user pressing its button sees it."""
+    dock = widget
+    while dock is not None and not hasattr(dock, "isFloating"):  # the QDockWidget
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.show()
+        dock.raise_()
+    _wait(lambda: False, 0.5)
+
+
+def _stroke(labels: Any, z: int) -> None:
+    """An eraser stroke: a 48 x 48 block of slice ``z`` set to 0 (as the brush does)."""
+    ys, xs = np.mgrid[200:248, 200:248]
+    labels.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), 0)
+
+
+def _stroke_latency(tr: Any, labels: Any, previews: list[tuple[float, int]]) -> dict[str, float]:
+    """Paint on the viewed slice mid-run; how long until the trainer and a preview show it."""
+    seen = len(tr.labels_changed_slices)
+    it0, t0 = tr.iterations_seen, time.perf_counter()
+    _stroke(labels, VIEWED)
+    _wait(lambda: VIEWED in tr.labels_changed_slices[seen:] or not tr.busy(), 60)
+    t1, it1 = time.perf_counter(), tr.iterations_seen
+    n = len(previews)
+    _wait(lambda: any(z == VIEWED for _, z in previews[n:]) or not tr.busy(), 60)
+    after = [t for t, z in previews[n:] if z == VIEWED]
+    nan = float("nan")
+    return {
+        "stroke_to_trainer_s": t1 - t0 if tr.busy() else nan,
+        "stroke_to_trainer_iterations": it1 - it0,
+        "stroke_to_preview_s": after[0] - t0 if after else nan,
+    }
+
+
+def _train(w: dict[str, Any], limit: dict[str, float], threads: str, tmp: Path) -> dict[str, Any]:
+    """Press Train with the dock's defaults and ``limit``; what the window and heartbeat saw."""
+    tr, labels = w["train"], w["labels"]
+    tr.set_model_choice("small")  # a new model each time
+    if "minutes" in limit:
+        tr.minutes.setValue(limit["minutes"])
+        tr.iterations.setValue(0)  # "no limit": the time limit decides
+    else:
+        tr.iterations.setValue(int(limit["iterations"]))
+    tr.device.setCurrentText("cpu")
+    tr.folder_edit.setText(str(tmp / "models"))
+    if threads != "default":
+        tr.threads.setValue(int(threads))
+    _show_dock(tr)
+    previews: list[tuple[float, int]] = []
+    tr.preview_updated.connect(lambda z: previews.append((time.perf_counter(), int(z))))
+    hb, share = Heartbeat(), CpuShare()
+    t0 = time.perf_counter()
+    if tr.start() is None:
+        raise RuntimeError(f"training did not start: {tr.status.text()}")
+    click = time.perf_counter() - t0
+    hb.start()
+    _wait(lambda: tr.iterations_seen >= 1 or not tr.busy(), 600)
+    first = time.perf_counter() - t0
+    stroke: dict[str, float] = {}
+    if "minutes" in limit:
+        _wait(lambda: not tr.busy(), 20.0)
+        stroke = _stroke_latency(tr, labels, previews)
+    _wait(lambda: not tr.busy(), 3600)
+    wall = time.perf_counter() - t0
+    preview = previews[0][0] - t0 if previews else float("nan")
+    return {
+        "phase": f"window: Train dock in front, threads {threads} ({tr.threads.text()})",
+        "iterations": tr.iterations_seen,
+        "wall_s": wall,
+        "click_ms": 1000 * click,
+        "to_first_iteration_s": first,
+        "to_first_preview_s": preview,
+        "previews": len(previews),
+        **stroke,
+        **hb.stop(),
+        **share.stop(),
+        "outcome": tr.last_reason,
+    }
+
+
+def _predict(w: dict[str, Any]) -> dict[str, Any]:
+    pr = w["predict"]
+    pr.range.setCurrentText("all slices")
+    pr.device.setCurrentText("cpu")
+    _show_dock(pr)
+    hb = Heartbeat()
+    t0 = time.perf_counter()
+    pr.predict()
+    click = time.perf_counter() - t0
+    hb.start()
+    _wait(lambda: not pr.busy(), 3600)
+    n = int(w["viewer"].layers[0].data.shape[0])
+    return {
+        "phase": f"window: Predict all {n} slices (Predict dock in front)",
+        "wall_s": time.perf_counter() - t0,
+        "click_ms": 1000 * click,
+        **hb.stop(),
+        "outcome": "completed" if pr.slices_written == n else "incomplete",
+    }
+
+
+def _window_rows(
+    image: Path, truth: np.ndarray, limit: dict[str, float], threads: list[str], tmp: Path
+) -> list[dict[str, Any]]:
+    rows = []
+    with virtual_display():
+        w = _open_window(image, truth, tmp)
+        tr = w["train"]
+        ready = ("warmup", "process")  # torch in the window; the training process, warm
+        _wait(lambda: not any(w[k].busy(j) for k in ("train", "predict") for j in ready), 120)
+        _show_dock(w["annotate"])  # where the user paints
+        _wait(lambda: False, 3.0)  # let the first draws settle
+        hb = Heartbeat()
+        hb.start()
+        _wait(lambda: False, 3.0)
+        rows.append({"phase": "window: idle (baseline)", **hb.stop()})
+        for i, t in enumerate(threads):
+            if i:  # an edit (as Correct's accept makes) readies the next training process
+                tr.state.mark_labels_edited([0])
+                _wait(lambda: not tr.busy("process"), 120)
+            rows.append(_train(w, limit, t, tmp))
+        rows.append(_predict(w))
+        w["viewer"].close()
+    return rows
+
+
+def run(quick: bool = False, minutes: float = 2.0, threads: str = "default") -> dict[str, Any]:
+    limit: dict[str, float] = {"iterations": 20} if quick else {"minutes": minutes}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_gui_"))
+    try:
+        image, truth, labels, source = _data(quick, tmp)
+        rows = [headless(image, labels, limit, tmp / "headless.pt")]
+        rows += _window_rows(image, truth, limit, threads.split(","), tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = rows[0]["iterations"]
+    for row in rows:
+        if "iterations" in row and row is not rows[0]:
+            row["ratio_to_headless"] = row["iterations"] / max(base, 1)
+    what = f"{limit['minutes']:g} min" if "minutes" in limit else f"{limit['iterations']} it"
     return {
         "name": "gui",
         "rows": rows,
+        "machine": machine(),
         "peak_rss_mib": peak_rss_mib(),
-        "stack": list(shape),
-        "torch_threads": torch.get_num_threads(),
+        "source": source,
+        "limit": limit,
         "note": (
-            f"Synthetic EM {shape}, 2 painted slices, all 7 docks in a shown napari window under Xvfb. "
-            "Heartbeat: 10 ms QTimer on the GUI thread; a gap is time the GUI could not react. "
-            "Gaps are measured from the end of the Start/Predict click (start_click_ms: what the click "
-            "itself blocks, mostly napari adding the overlay layer). Training uses the default preview "
-            "interval (5 s), so the first preview overlay comes about 5 s after training starts; "
-            "it is run with the widget's default CPU threads (all but one core) and with all cores. "
-            f"Peak RSS {peak_rss_mib():.0f} MiB."
+            f"{source}, slices {PAINTED[0]}-{PAINTED[-1]} painted, all 7 docks in a shown napari "
+            f"window under Xvfb; small preset, CPU, the dock's defaults, {what} per run. headless: "
+            "napari-unet train (fresh process, same files and limit). ratio_to_headless: window "
+            "iterations / headless iterations. Heartbeat: 10 ms QTimer on the GUI thread, measured "
+            "from the end of the click; a gap is time the GUI could not react. stroke_*: an eraser "
+            f"stroke on the viewed slice {VIEWED} ~20 s into the run -> the trainer's LabelsChanged "
+            "-> the next preview of that slice. cpu_own_s: CPU time of this benchmark and its "
+            "processes; cpu_other_s: of everything else on the machine meanwhile (a shared "
+            "machine: rows with a large cpu_other_s were slowed by others)."
         ),
     }
 
 
+def _arg(argv: list[str], flag: str, default: str) -> str:
+    return argv[argv.index(flag) + 1] if flag in argv else default
+
+
 if __name__ == "__main__":
-    report(run(quick="--quick" in sys.argv))
+    report(
+        run(
+            quick="--quick" in sys.argv,
+            minutes=float(_arg(sys.argv, "--minutes", "2")),
+            threads=_arg(sys.argv, "--threads", "default"),
+        )
+    )

@@ -608,3 +608,79 @@ def test_fine_tuning_maps_another_dtype_onto_the_model_frame(stack, trained, tmp
     assert tuned.metadata["normalization"] == meta["normalization"]  # the model's frame
     assert tuned.metadata["intensity"] == meta["intensity"]
     assert tuned._input_norm["mean"] == pytest.approx(meta["normalization"]["mean"] / 255)
+
+
+# --------------------------------------------------------------------------- previews, process
+
+
+def test_preview_interval_keeps_previews_within_their_budget():
+    from napari_unet.training.schedule import PREVIEW_BUDGET, preview_interval
+
+    assert preview_interval(5.0, 0.01) == 5.0  # cheap previews: the configured interval
+    gap = preview_interval(5.0, 1.0)  # dear ones: spaced so they cost the budget at most
+    assert 1.0 / (gap + 1.0) <= PREVIEW_BUDGET + 1e-9
+
+
+def test_region_previews_predict_only_the_region(stack):
+    from napari_unet.training.validation import clip_region
+
+    assert clip_region((0, 96, 0, 96), (96, 96)) is None  # (most of) the slice: all of it
+    assert clip_region((-5, 40, 10, 200), (96, 96)) == (0, 40, 10, 96)
+    with pytest.raises(ValueError, match="outside"):
+        clip_region((100, 120, 0, 10), (96, 96))
+    image, truth = stack
+    labels = np.zeros_like(truth)
+    labels[1] = truth[1]
+    trainer = Trainer(image, labels, config(iterations=3, preview_every_s=1e-6), model=tiny_net())
+    trainer.set_preview_slice(4)
+    trainer.set_preview_region((10, 40, 20, 60))
+    previews = [e for e in trainer.run() if isinstance(e, Preview)]
+    assert previews and trainer.last_preview_region == (10, 40, 20, 60)
+    p = previews[-1]
+    assert p.slice_index == 4 and p.labels.shape == (96, 96) and p.probabilities is None
+    assert set(np.unique(p.labels[10:40, 20:60])) <= {1, 2} and p.labels[10:40, 20:60].all()
+    p.labels[10:40, 20:60] = 0
+    assert not p.labels.any()  # nothing outside the region
+
+
+def test_training_process_runs_the_trainer_with_live_labels(stack, tmp_path):
+    from napari_unet.training.remote import (
+        ModelStart,
+        RegionPreview,
+        TrainerReady,
+        TrainingProcess,
+        TrainResult,
+    )
+
+    image, truth = stack
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    cfg = config(
+        iterations=40,
+        preview_every_s=1e-6,
+        labels_rescan_s=3600.0,
+        checkpoint_path=str(tmp_path / "m.pt"),
+    )
+    process = TrainingProcess()
+    events = []
+    for event in process.run(
+        image, labels, cfg, ModelStart("small"), (["a", "b"], ["red", "blue"])
+    ):
+        events.append(event)
+        if isinstance(event, Iteration) and event.iteration == 3:
+            labels[2] = truth[2]
+            process.notify_labels([2])  # reaches the child's trainer
+            process.set_view(5, (0, 30, 0, 30))
+    kinds = [type(e) for e in events]
+    assert kinds[0] is TrainerReady and kinds[-1] is TrainResult
+    changed = [e for e in events if isinstance(e, LabelsChanged)]
+    assert changed and changed[0].slices == [2]
+    regions = [e for e in events if isinstance(e, RegionPreview)]
+    assert regions and regions[-1].slice_index == 5 and regions[-1].labels.shape == (30, 30)
+    finished = next(e for e in events if isinstance(e, Finished))
+    assert finished.reason == "completed" and finished.iterations == 40
+    result = events[-1]
+    assert isinstance(result.model, UNet) and result.metadata["iterations"] == 40
+    _, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["iterations"] == 40
+    assert process.process.exitcode == 0

@@ -1,6 +1,6 @@
-"""4 Train: train (or fine-tune) a U-Net on the painted slices, in a worker, with live feedback.
+"""4 Train: train (or fine-tune) a U-Net on the painted slices, in a child process, with live feedback.
 
-The form edits ``state.config``; :func:`settings_to_config` makes the TrainConfig the worker gets.
+The form edits ``state.config``; :func:`settings_to_config` makes the TrainConfig the process gets.
 """
 
 from __future__ import annotations
@@ -20,32 +20,24 @@ from ..losses import LOSS_MODES
 from ..model import PRESETS
 from ..training import (
     CheckpointSaved,
+    Diverged,
     Finished,
+    Iteration,
     Preview,
     TrainConfig,
     TrainingStarted,
     TrainingWarning,
 )
+from ..training.remote import ModelStart, TrainerReady, TrainingProcess, TrainResult
 from ._common import (
     Throttle,
     current_z,
     friendly_error,
-    label_colormap,
     n_slices,
-    put_layer,
     sanitize_name,
-    slice_placement,
 )
-from ._compute import (
-    ModelStart,
-    TrainControl,
-    TrainerReady,
-    TrainResult,
-    describe_device_job,
-    train_job,
-    warm_torch,
-)
-from ._layers import atom_slices, image_source_path
+from ._compute import describe_device_job, warm_process_job, warm_torch
+from ._layers import image_source_path
 from ._widgets import Guard, UNetWidget
 from ._workers import Job
 from .panels.model_source import MEMORY, ModelSource
@@ -57,12 +49,13 @@ from .panels.train_settings import (
     settings_to_config,
 )
 from .panels.training_progress import TrainingProgress
+from .panels.training_view import PREVIEW_SUFFIX, LabelsLink, PreviewOverlay, visible_view
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Labels
 
-PREVIEW_SUFFIX = " training preview"
+__all__ = ["PREVIEW_SUFFIX", "TrainWidget"]
 
 
 def _choices(config: TrainConfig, name: str, fallback: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -82,15 +75,19 @@ class TrainWidget(UNetWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
-        self._control: TrainControl | None = None
-        self._labels_connected: Labels | None = None
+        #: the warm process the next run takes, the one training now, and all of them (to close)
+        self._process: TrainingProcess | None = None
+        self._running: TrainingProcess | None = None
+        self._processes: list[TrainingProcess] = []
+        self._labels_link = LabelsLink(self.viewer, self._on_labels_edited)
+        self._overlay = PreviewOverlay(self.viewer)
         self._writing = Guard()
-        self.preview_layer: Labels | None = None
         self.last_reason: str | None = None
         self.last_checkpoint: str | None = None
         self.checkpoints: list[str] = []
         self.preview_count = 0
         self.t_start: float | None = None
+        self.t_first_iteration: float | None = None
         self.t_first_preview: float | None = None
         self.last_ready: TrainerReady | None = None
         self._build()
@@ -126,7 +123,9 @@ class TrainWidget(UNetWidget):
         self.finish_layout()
 
     def _wire(self) -> None:
-        self._dims_throttle = Throttle(self._send_preview_slice, 200, self)
+        self._view_throttle = Throttle(self._send_view, 200, self)
+        processes = self._processes  # closing the dock alone ends them too (not via self)
+        self.destroyed.connect(lambda *_: [p.close() for p in processes])
         self.start_btn.clicked.connect(lambda: self.start())
         self.stop_btn.clicked.connect(self.stop)
         self.device.currentIndexChanged.connect(lambda *_: self._describe_device())
@@ -137,7 +136,11 @@ class TrainWidget(UNetWidget):
         self.state.model_changed.connect(self._on_model_changed)
         self.state.training_requested.connect(self._on_training_requested)
         self.state.labels_edited.connect(self._on_labels_edited)  # Correct's accept / undo
-        self.viewer.dims.events.current_step.connect(self._on_dims)
+        self.state.labelled_slices_changed.connect(self._on_labelled)
+        self.viewer.dims.events.current_step.connect(self._on_view)
+        scene = getattr(self.viewer, "scene", self.viewer)  # napari >= 0.9: viewer.scene.camera
+        scene.camera.events.zoom.connect(self._on_view)
+        scene.camera.events.center.connect(self._on_view)
         self._update_aug_summary()
         if self.state.model is not None:
             self._on_model_changed()
@@ -252,6 +255,8 @@ class TrainWidget(UNetWidget):
         if self.busy():
             self.warning("training is already running: press Stop first")
             return None
+        if self.state.closed:
+            return None
         problem = self._check_inputs()
         if problem is not None:
             self.error(problem)
@@ -274,36 +279,59 @@ class TrainWidget(UNetWidget):
             self.source.checkpoint_file(),
         )
         self.last_reason = None
-        self._control = TrainControl(preview_z=current_z(self.viewer, image))
-        self.run.reset(config.iterations)
+        process = self._take_process()
+        seconds = None if config.max_minutes is None else 60.0 * config.max_minutes
+        self.run.reset(config.iterations, seconds)
         job = Job(
-            train_job,
+            process.run,  # relays the process's events, TrainerReady first, TrainResult last
             image.data,
             labels.data,  # live: painting continues during training
             config,
             start,
             (list(self.state.class_names), list(self.state.class_colors)),
-            self._control,
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finished=self._on_finished,
-            cancel=self._control.stop,
+            cancel=process.stop,
             quit_on_cancel=False,
         )
-        self._connect_labels(labels)
+        self._running = process
+        process.set_view(*visible_view(self.viewer, image))
+        self._labels_link.connect(labels)
         self._set_running(True)
         if config.preview_every_s > 0:
             # napari's cost of adding a layer lands on the button press, not mid-run
-            self._put_preview(
-                np.zeros(image.data.shape[-2:], np.uint8), current_z(self.viewer, image)
-            )
+            z = current_z(self.viewer, image)
+            classes = (list(self.state.class_names), list(self.state.class_colors))
+            self._overlay.show(image, np.zeros(image.data.shape[-2:], np.uint8), z, None, classes)
         self.t_start = time.perf_counter()
-        self.t_first_preview = None
+        self.t_first_iteration = self.t_first_preview = None
         self.info("preparing training (scanning labels, normalisation)…", notify=False)
         return self.start_job("main", job)
 
+    # ================================================================== the training process
+    def _on_labelled(self, slices: Any) -> None:
+        if slices and self._running is None:
+            self._ensure_process()
+
+    def _ensure_process(self) -> None:
+        """Spawn a process for the next run ahead of it: it imports torch while the user paints."""
+        p = self._process
+        if self.state.closed or (p is not None and p.process.exitcode is None):
+            return
+        self._process = p = TrainingProcess()
+        self._processes[:] = [q for q in self._processes if q.process.exitcode is None] + [p]
+        self.start_job("process", Job(warm_process_job, p))
+
+    def _take_process(self) -> TrainingProcess:
+        self._ensure_process()
+        process, self._process = self._process, None
+        assert process is not None
+        return process
+
     def stop(self) -> None:
-        """Ask training to stop after the current iteration (a checkpoint is saved)."""
+        """Stop after the current iteration, or within about a second inside a slow one (the
+        process is then ended); a checkpoint is saved either way."""
         if self.cancel_job("main"):
             self.stop_btn.setEnabled(False)
             self.info("stopping after this iteration…", notify=False)
@@ -327,6 +355,12 @@ class TrainWidget(UNetWidget):
     @functools.singledispatchmethod
     def _on_event(self, ev: object) -> None:
         """The run's display takes the other events (iterations, validations, new labels)."""
+        self.run.on_event(ev)
+
+    @_on_event.register
+    def _(self, ev: Iteration) -> None:
+        if self.t_first_iteration is None and self.t_start is not None:
+            self.t_first_iteration = time.perf_counter() - self.t_start
         self.run.on_event(ev)
 
     @_on_event.register
@@ -354,8 +388,11 @@ class TrainWidget(UNetWidget):
 
     @_on_event.register
     def _(self, ev: Preview) -> None:
-        if self._put_preview(ev.labels, int(ev.slice_index)) is None:
+        image = self.state.image_layer
+        if image is None:
             return
+        region = getattr(ev, "region", None)  # a RegionPreview covers only the visible part
+        self._overlay.show(image, ev.labels, int(ev.slice_index), region)
         self.preview_count += 1
         if self.t_first_preview is None and self.t_start is not None:
             self.t_first_preview = time.perf_counter() - self.t_start
@@ -372,29 +409,18 @@ class TrainWidget(UNetWidget):
         self.warning(f"training: {ev.message}")
 
     @_on_event.register
+    def _(self, ev: Diverged) -> None:
+        self.error(f"training: {ev.message}")
+
+    @_on_event.register
     def _(self, ev: Finished) -> None:
         self.last_reason = ev.reason
         if ev.checkpoint_path:
             self.last_checkpoint = ev.checkpoint_path
 
-    def _put_preview(self, labels2d: np.ndarray, z: int) -> Labels | None:
-        """Show ``labels2d`` as the preview layer at slice ``z`` (created once, then updated)."""
-        image = self.state.image_layer
-        if image is None:
-            return None
-        meta = {"generated": True, "training_preview": True}
-        self.preview_layer = put_layer(
-            self.viewer,
-            self.preview_layer,
-            f"{image.name}{PREVIEW_SUFFIX}",
-            "labels",
-            labels2d[None] if image.ndim >= 3 else labels2d,
-            opacity=0.45,
-            colormap=label_colormap(self.state.class_colors),
-            metadata={"napari_unet": {**meta, "class_names": list(self.state.class_names)}},
-            **slice_placement(image, z),
-        )
-        return self.preview_layer
+    @property
+    def preview_layer(self) -> Labels | None:
+        return self._overlay.layer
 
     def _on_error(self, exc: BaseException) -> None:
         self.last_reason = "error"
@@ -402,57 +428,44 @@ class TrainWidget(UNetWidget):
 
     def _on_finished(self) -> None:
         self.run.finish()
-        self._disconnect_labels()
-        self._control = None
+        self._labels_link.disconnect()
+        self._running = None
         self._set_running(False)
         reason = self.last_reason or "error"
-        if reason != "error":
-            where = f"; checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
+        where = f"; checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
+        if reason == "diverged":
+            self.warning(
+                f"training diverged after {self.iterations_seen} iterations; the model keeps "
+                f"its last finite weights{where}"
+            )
+        elif reason != "error":
             verbs = {"stopped": "stopped", "time_limit": "reached the time limit"}
             verb = verbs.get(reason, "finished")
             self.info(f"training {verb} after {self.iterations_seen} iterations{where}")
-            if self.state.model is not None:
-                self.set_model_choice(MEMORY)
+        if reason != "error" and self.state.model is not None:
+            self.set_model_choice(MEMORY)
         self.last_reason = reason
         self.training_finished.emit(reason)
 
     # ================================================================== live links
-    def _on_dims(self, event: Any = None) -> None:
-        if self._control is not None:
-            self._dims_throttle.trigger()
+    def _on_view(self, event: Any = None) -> None:
+        if self._running is not None:
+            self._view_throttle.trigger()
 
-    def _send_preview_slice(self) -> None:
+    def _send_view(self) -> None:
         image = self.state.image_layer
-        if self._control is not None and image is not None:
-            self._control.set_preview_slice(current_z(self.viewer, image))
-
-    def _connect_labels(self, labels: Labels) -> None:
-        self._disconnect_labels()
-        labels.events.paint.connect(self._on_paint)
-        self._labels_connected = labels
-
-    def _disconnect_labels(self) -> None:
-        lab = self._labels_connected
-        if lab is not None:
-            try:
-                lab.events.paint.disconnect(self._on_paint)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-        self._labels_connected = None
-
-    def _on_paint(self, event: Any) -> None:
-        lab = self._labels_connected
-        if lab is None:
-            return
-        zs: set[int] = set()
-        for atom in event.value or ():
-            zs |= atom_slices(atom, lab.ndim)
-        self._on_labels_edited(sorted(zs) or None)
+        if self._running is not None and image is not None:
+            self._running.set_view(*visible_view(self.viewer, image))
 
     def _on_labels_edited(self, slices: list[int] | None) -> None:
-        if self._control is not None:
-            self._control.notify_labels_changed(slices)
+        """Edited label slices (None: any): the running trainer gets them within an iteration."""
+        if self._running is not None:
+            self._running.notify_labels(slices)
+        else:
+            self._ensure_process()
 
     def before_shutdown(self) -> None:
         self.run.close_bar()
-        self._disconnect_labels()
+        self._labels_link.disconnect()
+        if self._process is not None:  # the warm one; a running one stops with its job
+            self._process.close()

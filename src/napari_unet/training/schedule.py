@@ -1,4 +1,4 @@
-"""When things happen in a training run: learning rate, validations, and the run's clock.
+"""When things happen in a training run: learning rate, validations, previews and the run's clock.
 
 The trainer applies these policies itself; front ends pass the user's config untouched.
 """
@@ -15,8 +15,10 @@ __all__ = [
     "FINAL_LR_FRACTION",
     "LR_SCHEDULES",
     "MAX_SKIPPED_STEPS",
+    "PREVIEW_BUDGET",
     "RunClock",
     "learning_rate",
+    "preview_interval",
     "validation_interval",
     "warmup_iterations",
 ]
@@ -26,6 +28,10 @@ LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 FINAL_LR_FRACTION = 0.05
 #: steps in a row with a NaN/inf loss or gradient after which training stops
 MAX_SKIPPED_STEPS = 5
+#: previews take at most this fraction of a run's time (their interval grows with their cost)
+PREVIEW_BUDGET = 0.05
+#: seconds of training before the first preview (at most the preview interval)
+FIRST_PREVIEW_S = 1.0
 #: a run validates about this many times when ``val_every`` would validate less than twice
 _VALIDATIONS_PER_RUN = 5
 
@@ -72,6 +78,12 @@ def learning_rate(config: Any, iteration: int, elapsed_s: float) -> float:
     return lo + 0.5 * (base - lo) * (1.0 + math.cos(math.pi * progress))
 
 
+def preview_interval(every_s: float, cost_s: float) -> float:
+    """Seconds from a preview that took ``cost_s`` to the next: ``every_s``, or longer so that
+    previews stay within :data:`PREVIEW_BUDGET` of the run."""
+    return max(float(every_s), cost_s * (1.0 - PREVIEW_BUDGET) / PREVIEW_BUDGET)
+
+
 @dataclass
 class RunClock:
     """The clocks and counters of one run: when to rescan, preview, checkpoint and stop."""
@@ -80,6 +92,9 @@ class RunClock:
     next_rescan: float
     next_preview: float
     next_checkpoint: float
+    #: the configured preview interval (0: no previews) and when the last preview ended
+    preview_every: float = 0.0
+    preview_at: float = -math.inf
     iteration: int = 0
     last_loss: float | None = None
     #: steps in a row skipped for a NaN/inf loss or gradient
@@ -91,13 +106,32 @@ class RunClock:
     @classmethod
     def start(cls, config: Any) -> RunClock:
         t = time.perf_counter()
-        preview = t + config.preview_every_s if config.preview_every_s > 0 else math.inf
+        every = float(config.preview_every_s)
+        preview = t + min(every, FIRST_PREVIEW_S) if every > 0 else math.inf
         return cls(
             t_start=t,
             next_rescan=t + config.labels_rescan_s,
             next_preview=preview,
             next_checkpoint=t + config.checkpoint_every_s,
+            preview_every=every,
         )
+
+    def preview_due(self, now: float, changed: bool) -> bool:
+        """Whether to preview now; ``changed``: a new view or new labels on it (no budget wait)."""
+        if self.preview_every <= 0:
+            return False
+        due = self.next_preview
+        if changed:
+            due = min(due, self.preview_at + self.preview_every)
+        return now >= due
+
+    def preview_done(self, now: float, cost_s: float | None) -> None:
+        """A preview ended at ``now`` after ``cost_s`` seconds (None: skipped, nothing changed)."""
+        if cost_s is None:
+            self.next_preview = now + self.preview_every
+            return
+        self.preview_at = now
+        self.next_preview = now + preview_interval(self.preview_every, cost_s)
 
     def stop_reason(self, config: Any, stopping: bool, now: float) -> str | None:
         """Why the run ends now ("stopped", "completed", "time_limit"), or None."""

@@ -36,7 +36,7 @@ from .live_labels import LiveLabels
 from .sampler import BatchSpec, resolve_patch_size, sample_batch, shrink_after_oom
 from .schedule import RunClock, learning_rate, validation_interval
 from .step import DeviceStep
-from .validation import predict_slice, validate
+from .validation import Previews, predict_slice, validation_event
 
 __all__ = ["Trainer", "train"]
 
@@ -122,7 +122,6 @@ class Trainer:
             crop=self._augmentation.crop_size,
         )
         self.batch_size = cfg.batch_size
-        self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._live = LiveLabels(
             image,
@@ -135,7 +134,7 @@ class Trainer:
         )
         self._live.load(raw)
         self._start_warnings = [w for w in (note, nonfinite_check(self._live)) if w]
-        self._preview_slice: int = min(raw)
+        self._previews = Previews(self.slice_shape, min(raw))
         self._val_every = validation_interval(cfg.val_every, cfg.iterations)
         self.history: list[dict[str, Any]] = list(self._meta_in.get("history") or [])
         self.validation_history: list[dict[str, Any]] = list(
@@ -180,8 +179,16 @@ class Trainer:
         """Choose the slice of the :class:`Preview` events (thread-safe)."""
         if not is_int(z) or not 0 <= int(z) < self.n_slices:
             raise ValueError(f"preview slice must be in 0..{self.n_slices - 1}, got {z!r}")
-        with self._lock:
-            self._preview_slice = int(z)
+        self._previews.set_slice(int(z))
+
+    def set_preview_region(self, region: Sequence[int] | None) -> None:
+        """Preview only ``region`` ``(y0, y1, x0, x1)`` of the slice (thread-safe; None: all): the
+        labels keep the slice's shape, 0 outside, without probabilities (see last_preview_region)."""
+        self._previews.set_region(region)
+
+    @property
+    def last_preview_region(self) -> tuple[int, int, int, int] | None:
+        return self._previews.last_region
 
     def notify_labels_changed(self, slices: Sequence[int] | None = None) -> None:
         """Tell the trainer which slices were painted (thread-safe); ``None`` = rescan all.
@@ -233,14 +240,12 @@ class Trainer:
         self, z: int, probabilities: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Predict one slice: (class map 1..K, float16 probabilities (K, H, W) or None)."""
-        return predict_slice(
-            self.model,
-            self._live.image_slice(z),
-            device=self.device,
-            amp=self.config.amp,
-            normalization=self._input_norm,
-            probabilities=probabilities,
-        )
+        image = self._live.image_slice(z)
+        return predict_slice(self.model, image, probabilities=probabilities, **self._predicting)
+
+    @property
+    def _predicting(self) -> dict[str, Any]:
+        return {"device": self.device, "amp": self.config.amp, "normalization": self._input_norm}
 
     # ------------------------------------------------------------------ training step
     def _step(
@@ -381,6 +386,7 @@ class Trainer:
         for message in warnings:
             yield ev.TrainingWarning(message)
         if changed:
+            self._previews.labels_changed(changed)
             yield ev.LabelsChanged(changed)
         run.next_rescan = time.perf_counter() + self.config.labels_rescan_s
 
@@ -410,46 +416,28 @@ class Trainer:
         it = run.iteration
         if self._val_slices and it % self._val_every == 0:
             yield from self._validation_events(it)
-        if time.perf_counter() >= run.next_preview and not self._stop_event.is_set():
-            t0 = time.perf_counter()
-            yield from self._preview_events(it)
-            duration = time.perf_counter() - t0
-            run.next_preview = time.perf_counter() + max(cfg.preview_every_s, 4.0 * duration)
+        now = time.perf_counter()
+        if run.preview_due(now, self._previews.changed) and not self._stop_event.is_set():
+            shown = yield from self._preview_events(it)
+            end = time.perf_counter()
+            run.preview_done(end, end - now if shown else None)
         if cfg.checkpoint_path is not None and time.perf_counter() >= run.next_checkpoint:
             yield from self._checkpoint_events(it)
             run.next_checkpoint = time.perf_counter() + cfg.checkpoint_every_s
 
     def _validation_events(self, it: int) -> Iterator[ev.TrainingEvent]:
-        oom, metrics = self._device_step.out_of_memory(
-            validate, self._predict_slice, self.labels, self._val_slices, self.class_names
+        predict, guard = self._predict_slice, self._device_step.out_of_memory
+        event = validation_event(
+            it, guard, predict, self.labels, self._val_slices, self.class_names
         )
-        if oom:
-            yield ev.TrainingWarning("CUDA out of memory during validation: skipped")
-            return
-        if metrics is None:
-            yield ev.TrainingWarning(
-                f"validation slices {self._val_slices} have no labelled pixels: validation skipped"
-            )
-            return
-        self.validation_history.append(
-            {"iteration": self._iterations_before + self.iterations_done, **metrics}
-        )
-        yield ev.Validation(iteration=it, metrics=metrics)
+        if isinstance(event, ev.Validation):
+            done = self._iterations_before + self.iterations_done
+            self.validation_history.append({"iteration": done, **event.metrics})
+        yield event
 
     def _preview_events(self, it: int) -> Iterator[ev.TrainingEvent]:
-        with self._lock:
-            z = self._preview_slice
-        oom, result = self._device_step.out_of_memory(self._predict_slice, z)
-        if oom:
-            yield ev.TrainingWarning("CUDA out of memory while computing the preview: skipped")
-            return
-        classes, probs = result
-        yield ev.Preview(
-            iteration=it,
-            slice_index=z,
-            labels=np.asarray(classes).astype(np.uint8, copy=False),
-            probabilities=np.asarray(probs).astype(np.float16, copy=False),
-        )
+        image, guard = self._live.image_slice, self._device_step.out_of_memory
+        return (yield from self._previews.events(it, self.model, image, guard, **self._predicting))
 
     def _checkpoint_events(self, it: int) -> Iterator[ev.TrainingEvent]:
         path = self.config.checkpoint_path

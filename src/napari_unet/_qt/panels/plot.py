@@ -1,6 +1,7 @@
 """The live loss / validation curve of the Train dock, drawn with QPainter (no plotting dependency).
 
-Points are only stored by ``add_*``; the widget repaints at most ``fps`` times per second.
+Points are only stored by ``add_*``; the widget repaints at most ``fps`` times per second, or when
+its owner calls :meth:`CurvePlot.flush` (``fps=0``), together with its other updates.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ class CurvePlot(QWidget):
         self._dirty = False
         self.paint_count = 0
         self._timer = QTimer(self)
-        self._timer.setInterval(max(int(1000 / fps), 50))
-        self._timer.timeout.connect(self._maybe_update)
-        self._timer.start()
+        if fps > 0:
+            self._timer.setInterval(max(int(1000 / fps), 50))
+            self._timer.timeout.connect(self.flush)
+            self._timer.start()
 
     def clear(self) -> None:
         self.loss.clear()
@@ -80,7 +82,8 @@ class CurvePlot(QWidget):
             self.metric.append((float(x), float(y)))
             self._dirty = True
 
-    def _maybe_update(self) -> None:
+    def flush(self) -> None:
+        """Repaint if points were added since the last repaint."""
         if self._dirty and self.isVisible():
             self._dirty = False
             self.update()

@@ -1,6 +1,7 @@
 """Where a training run saves its checkpoints and how many CPU threads it may use.
 
-Neither is part of the recipe; the threads leave one core to napari so the viewer stays responsive.
+Neither is part of the recipe.  Training runs in a lower-priority process, so by default it uses
+every core and napari still gets the CPU whenever it needs it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ class RunOptions(QWidget):
         cpus = max(os.cpu_count() or 1, 1)
         self.threads = field_spin(config_cls, "num_threads", special="all")
         self.threads.setMaximum(cpus)
-        self.threads.set_field(max(cpus - 1, 1))
+        self.threads.set_field(None)
         self.threads.setToolTip(
-            "CPU threads for training on the CPU; the default leaves one core to napari "
-            "so the viewer stays responsive"
+            "CPU threads for training on the CPU (all: every core; training runs at a lower "
+            "priority than the viewer, so napari stays responsive)"
         )
         form.addRow("CPU threads", self.threads)
         self.folder_btn.clicked.connect(self._choose_folder)

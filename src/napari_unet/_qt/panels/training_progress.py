@@ -1,4 +1,4 @@
-"""The live display of a training run: start/stop row, progress bars, a status line and the curve.
+"""The live display of a training run: start/stop row, progress bar, a status line and the curve.
 
 The Train dock forwards the trainer's events; iterations, validations and new labels show here.
 """
@@ -6,6 +6,7 @@ The Train dock forwards the trainer's events; iterations, validations and new la
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,18 +17,26 @@ from ...training import Iteration, LabelsChanged, TrainingStarted, Validation
 from .plot import CurvePlot
 from .run_row import RunRow
 
+#: milliseconds between redraws of the run's display
+REFRESH_MS = 2000
+
 
 class TrainingProgress(QWidget):
-    """Run row, napari progress bar, run description and loss / validation curve.
+    """Run row (with its progress bar), run description and loss / validation curve.
 
-    Events only store what they carry; a 250 ms timer writes the status line
-    through ``show_status`` (so a fast trainer does not flood the GUI).
+    No napari ``progress``: its status-bar spinner redraws the window ~30 times a second,
+    which with software OpenGL costs more than half a core taken from training.
+
+    Events only store what they carry; every 2 s (:data:`REFRESH_MS`) the status line
+    (through ``show_status``), the progress bar and the curve are redrawn together: each
+    redraw of a window holding napari's OpenGL canvas costs CPU (much with software GL).
     """
 
     def __init__(self, show_status: Callable[[str], None], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._show_status = show_status
-        self._pbar: Any = None
+        self._bar_total: int | None = None
+        self._bar_counts_seconds = False
         self.latest: dict[str, Any] = {}
         self.iterations_seen = 0
         #: slices whose newly painted labels the running trainer picked up
@@ -39,24 +48,26 @@ class TrainingProgress(QWidget):
         self.run_label = QLabel("")
         self.run_label.setWordWrap(True)
         layout.addWidget(self.run_label)
-        self.plot = CurvePlot()
+        self.plot = CurvePlot(fps=0)
         layout.addWidget(self.plot)
         self._timer = QTimer(self)
-        self._timer.setInterval(250)
+        self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
 
-    def reset(self, iterations: int | None) -> None:
-        """A run of ``iterations`` (None: a time limit) starts."""
-        from napari.utils import progress
+    def reset(self, iterations: int | None, seconds: float | None = None) -> None:
+        """A run of ``iterations`` (None: a time limit of ``seconds``) starts.
 
+        The bar counts iterations, else seconds: a busy indicator would redraw all the time.
+        """
+        self._bar_total = int(iterations or math.ceil(seconds or 0)) or None
+        self._bar_counts_seconds = not iterations
         self.latest = {}
+        self.run_label.setText("")
         self.labels_changed_slices = []
         self.iterations_seen = 0
         self.plot.clear()
         self.plot.x_max = iterations
-        self.run_row.set_progress(0, iterations)
-        self.close_bar()
-        self._pbar = progress(total=iterations or 0, desc="U-Net training")
+        self.run_row.set_progress(0, self._bar_total)
         self._timer.start()
 
     def finish(self) -> None:
@@ -65,13 +76,8 @@ class TrainingProgress(QWidget):
         self.close_bar()
 
     def close_bar(self) -> None:
+        """Stop the display's refresh (the viewer is closing)."""
         self._timer.stop()
-        if self._pbar is not None:
-            try:
-                self._pbar.close()
-            except Exception:  # pragma: no cover - napari may be tearing down
-                pass
-            self._pbar = None
 
     # -- events ------------------------------------------------------------------------------
     @functools.singledispatchmethod
@@ -111,10 +117,9 @@ class TrainingProgress(QWidget):
         if "it" not in d:
             return
         it, total = d["it"], d["total"]
-        if total:
-            self.run_row.set_progress(it, total)
-        if self._pbar is not None and it > self._pbar.n:
-            self._pbar.update(it - self._pbar.n)
+        done = int(d["elapsed"]) if self._bar_counts_seconds else it
+        if self._bar_total:
+            self.run_row.set_progress(min(done, self._bar_total), self._bar_total)
         text = f"iteration {it}" + (f"/{total}" if total else "") + f" · loss {d['loss']:.4f}"
         text += f" · {d['sps']:.1f} samples/s · {d['elapsed']:.0f} s"
         if total and it and d["elapsed"] > 0:
@@ -124,3 +129,4 @@ class TrainingProgress(QWidget):
         if d.get("picked"):
             text += f" · picked up new labels on slice(s) {', '.join(map(str, d['picked']))}"
         self._show_status(text)
+        self.plot.flush()
