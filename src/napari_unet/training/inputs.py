@@ -42,7 +42,8 @@ def check_arrays(image: Any, labels: Any) -> tuple[int, ...]:
     lshape = array_shape(labels, "labels")
     if lshape != shape:
         raise ValueError(f"labels shape {lshape} does not match image {shape}")
-    ldtype = np.dtype(getattr(labels, "dtype", np.asarray(labels).dtype))
+    ldtype = getattr(labels, "dtype", None)  # never np.asarray: a lazy volume would load whole
+    ldtype = np.dtype(ldtype if ldtype is not None else np.asarray(labels).dtype)
     if ldtype.kind not in "iu":
         raise TypeError(
             f"labels must be an integer array (0 = unlabelled, 1..K = classes), got dtype {ldtype}"
