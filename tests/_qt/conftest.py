@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+
+from napari_unet.model import UNet
+from napari_unet.training import TrainConfig, Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -43,3 +47,22 @@ def viewer_with_stack(make_napari_viewer, small_stack) -> Callable[..., Any]:
         return viewer, layer, truth
 
     return make
+
+
+@pytest.fixture(scope="module")
+def trained(small_stack):
+    """(model, metadata) of a tiny net trained briefly on slice 0 of the (uint8) small stack."""
+    image, truth = small_stack
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    net = UNet(depth=3, base_channels=8, padding="same", norm="batch")
+    config = TrainConfig(
+        iterations=30, num_threads=1, preview_every_s=0.0, batch_size=2, patch_size=64
+    )
+    trainer = Trainer(image, labels, config, model=net)
+    for _ in trainer.run():
+        pass
+    torch.set_num_threads(threads)
+    return trainer.model.eval(), dict(trainer.metadata)

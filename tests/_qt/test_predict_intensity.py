@@ -7,35 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from qt_helpers import dock, messages
 
 from napari_unet import normalization
 from napari_unet.checkpoint import save_checkpoint
-from napari_unet.model import UNet
 from napari_unet.tiling import predict_dask, predict_tiled
-from napari_unet.training import TrainConfig, Trainer
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(scope="module")
-def trained(small_stack):
-    """(model, metadata) of a tiny net trained briefly on slice 0 of the (uint8) small stack."""
-    image, truth = small_stack
-    labels = np.zeros_like(truth)
-    labels[0] = truth[0]
-    threads = torch.get_num_threads()
-    torch.manual_seed(0)
-    net = UNet(depth=3, base_channels=8, padding="same", norm="batch")
-    config = TrainConfig(
-        iterations=30, num_threads=1, preview_every_s=0.0, batch_size=2, patch_size=64
-    )
-    trainer = Trainer(image, labels, config, model=net)
-    for _ in trainer.run():
-        pass
-    torch.set_num_threads(threads)
-    return trainer.model.eval(), dict(trainer.metadata)
 
 
 def _predict(pr, qtbot, image) -> np.ndarray:
