@@ -254,3 +254,18 @@ def test_deeply_nested_or_huge_sidecars(tmp_path):
     write_labels_tiff(path, _labels())
     data, classes, problem = restore_autosave(path, _labels().shape)
     assert data is not None and classes is None and "too large" in problem
+
+
+def test_a_chosen_folder_wins_and_a_read_only_data_folder_is_never_written(tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stack.tif").write_bytes(b"")
+    chosen = tmp_path / "project"
+    assert autosave_path_for(data / "stack.tif", "em", chosen) == chosen / f"stack{AUTOSAVE_SUFFIX}"
+    data.chmod(0o555)  # a shared, read-only data folder (root could still write into it)
+    try:
+        got = autosave_path_for(data / "stack.tif", "em")
+    finally:
+        data.chmod(0o755)
+    assert got.parent != data
+    assert got.name == f"stack{AUTOSAVE_SUFFIX}"

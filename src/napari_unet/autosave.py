@@ -74,20 +74,30 @@ def default_autosave_dir() -> Path:
     return Path.home() / ".napari-unet" / "autosave"
 
 
+def _writable(folder: Path) -> bool:
+    """Writable for us, and not a folder whose owner made it read-only (root ignores modes)."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def autosave_path_for(
     source: str | os.PathLike | None, stem: str, folder: str | os.PathLike | None = None
 ) -> Path:
-    """``<stem>.napari-unet-labels.tif`` next to the image file ``source``, else in ``folder``.
+    """``<stem>.napari-unet-labels.tif`` in the chosen ``folder``, else next to the image file.
 
     ``stem`` (a file-name-safe image name) names the file of an image without
-    a file; an image in a folder that is not writable falls back to ``folder``
-    (or :func:`default_autosave_dir`).
+    a file; with no ``folder``, an image in a folder that is not writable (or
+    marked read-only) falls back to :func:`default_autosave_dir`.
     """
     src = Path(source) if source else None
-    if src is not None and os.access(src.parent, os.W_OK):
-        return src.with_name(src.stem + AUTOSAVE_SUFFIX)
-    base = Path(folder) if folder else default_autosave_dir()
-    return base / ((src.stem if src is not None else stem) + AUTOSAVE_SUFFIX)
+    name = (src.stem if src is not None else stem) + AUTOSAVE_SUFFIX
+    if folder:
+        return Path(folder) / name
+    if src is not None and _writable(src.parent):
+        return src.with_name(name)
+    return default_autosave_dir() / name
 
 
 def classes_path(path: str | os.PathLike) -> Path:
