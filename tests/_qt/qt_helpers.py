@@ -30,3 +30,18 @@ def paint(labels_layer: Any, truth: np.ndarray, z: int) -> None:
 
 def wait_idle(qtbot: Any, widget: Any, name: str = "main", timeout: int = 60_000) -> None:
     qtbot.waitUntil(lambda: not widget.busy(name), timeout=timeout)
+
+
+def setup_training(viewer: Any, truth: np.ndarray, tmp_path: Any, iterations: int = 100_000):
+    """Training labels with slice 0 painted, and a Train dock set for a tiny, fast CPU run."""
+    ann = dock(viewer, "1 Annotate")
+    labels = ann.create_labels()
+    paint(labels, truth, 0)
+    tr = dock(viewer, "4 Train")
+    tr.patch.setValue(64)
+    tr.batch.setValue(1)
+    tr.iterations.setValue(iterations)
+    tr.preview_every.setValue(0.5)
+    tr.device.setCurrentText("cpu")
+    tr.folder_edit.setText(str(tmp_path / "models"))
+    return ann, labels, tr

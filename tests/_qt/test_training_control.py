@@ -5,32 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qt_helpers import dock, messages, paint
+from qt_helpers import dock, messages, paint, setup_training
 
 from napari_unet._qt import open_all_widgets
 from napari_unet.checkpoint import load_checkpoint
 from napari_unet.model import UNet
 
 
-def _setup(viewer, truth, tmp_path, iterations: int = 100_000):
-    ann = dock(viewer, "1 Annotate")
-    labels = ann.create_labels()
-    paint(labels, truth, 0)
-    tr = dock(viewer, "4 Train")
-    tr.patch.setValue(64)
-    tr.batch.setValue(1)
-    tr.iterations.setValue(iterations)
-    tr.preview_every.setValue(0.5)
-    tr.device.setCurrentText("cpu")
-    tr.folder_edit.setText(str(tmp_path / "models"))
-    return ann, labels, tr
-
-
 def test_stop_ends_training_and_leaves_a_checkpoint(
     viewer_with_stack, qtbot, tmp_path, notifications
 ):
     viewer, _, truth = viewer_with_stack()
-    _, labels, tr = _setup(viewer, truth, tmp_path)
+    _, labels, tr = setup_training(viewer, truth, tmp_path)
     tr.start()
     qtbot.waitUntil(lambda: tr.iterations_seen >= 3, timeout=60_000)
     # painting continues during training; the trainer picks the new slice up
@@ -51,7 +37,7 @@ def test_stop_ends_training_and_leaves_a_checkpoint(
 
 def test_closing_the_viewer_stops_training_cleanly(viewer_with_stack, qtbot, tmp_path):
     viewer, _, truth = viewer_with_stack()
-    _, _, tr = _setup(viewer, truth, tmp_path)
+    _, _, tr = setup_training(viewer, truth, tmp_path)
     job = tr.start()
     qtbot.waitUntil(lambda: tr.iterations_seen >= 2, timeout=60_000)
     viewer.close()  # returns only after the worker thread has ended

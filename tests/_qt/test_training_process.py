@@ -8,24 +8,10 @@ import signal
 import time
 from pathlib import Path
 
-from qt_helpers import dock, messages, paint
+from qt_helpers import messages, paint, setup_training
 
 from napari_unet.checkpoint import load_checkpoint
 from napari_unet.model import UNet
-
-
-def _setup(viewer, truth, tmp_path, iterations: int = 100_000):
-    ann = dock(viewer, "1 Annotate")
-    labels = ann.create_labels()
-    paint(labels, truth, 0)
-    tr = dock(viewer, "4 Train")
-    tr.patch.setValue(64)
-    tr.batch.setValue(1)
-    tr.iterations.setValue(iterations)
-    tr.preview_every.setValue(0.5)
-    tr.device.setCurrentText("cpu")
-    tr.folder_edit.setText(str(tmp_path / "models"))
-    return labels, tr
 
 
 def _slow_first_step(tr) -> None:
@@ -45,7 +31,7 @@ def _no_child_left(process) -> bool:
 
 def test_label_edits_during_training_reach_the_trainer(viewer_with_stack, qtbot, tmp_path):
     viewer, _, truth = viewer_with_stack()
-    labels, tr = _setup(viewer, truth, tmp_path)
+    _, labels, tr = setup_training(viewer, truth, tmp_path)
     tr.start()
     qtbot.waitUntil(lambda: tr.iterations_seen >= 2, timeout=60_000)
     paint(labels, truth, 3)  # a paint event: the edited slice is sent to the process
@@ -66,7 +52,7 @@ def test_label_edits_during_training_reach_the_trainer(viewer_with_stack, qtbot,
 
 def test_stop_during_a_slow_first_iteration(viewer_with_stack, qtbot, tmp_path, notifications):
     viewer, _, truth = viewer_with_stack()
-    _, tr = _setup(viewer, truth, tmp_path)
+    _, _, tr = setup_training(viewer, truth, tmp_path)
     _slow_first_step(tr)
     tr.start()
     process = tr._running
@@ -87,7 +73,7 @@ def test_stop_during_a_slow_first_iteration(viewer_with_stack, qtbot, tmp_path, 
 
 def test_closing_the_viewer_mid_training_leaves_nothing_running(viewer_with_stack, qtbot, tmp_path):
     viewer, _, truth = viewer_with_stack()
-    _, tr = _setup(viewer, truth, tmp_path)
+    _, _, tr = setup_training(viewer, truth, tmp_path)
     _slow_first_step(tr)
     job = tr.start()
     process = tr._running
@@ -106,7 +92,7 @@ def test_a_crash_of_the_training_process_is_a_notification(
     viewer_with_stack, qtbot, tmp_path, notifications
 ):
     viewer, _, truth = viewer_with_stack()
-    _, tr = _setup(viewer, truth, tmp_path)
+    _, _, tr = setup_training(viewer, truth, tmp_path)
     tr.start()
     qtbot.waitUntil(lambda: tr.iterations_seen >= 1, timeout=60_000)
     process = tr._running
@@ -124,7 +110,7 @@ def test_a_crash_of_the_training_process_is_a_notification(
 
 def test_divergence_is_a_notification(viewer_with_stack, qtbot, tmp_path, notifications):
     viewer, _, truth = viewer_with_stack()
-    _, tr = _setup(viewer, truth, tmp_path, iterations=200)
+    _, _, tr = setup_training(viewer, truth, tmp_path, iterations=200)
     tr.lr.setText("1e30")
     with qtbot.waitSignal(tr.training_finished, timeout=60_000) as blocker:
         tr.start()
