@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from .. import __version__
 
 #: Subcommand modules (relative to this package), in --help order.
-SUBCOMMANDS: tuple[str, ...] = ("gui", "train", "predict", "evaluate", "demo")
+SUBCOMMANDS: tuple[str, ...] = (
+    "gui",
+    "train",
+    "predict",
+    "objects",
+    "evaluate",
+    "export_model",
+    "demo",
+)
 
 
 class CLIError(Exception):
