@@ -26,6 +26,7 @@ __all__ = [
     "held_out_slices",
     "nonfinite_check",
     "normalization_stats",
+    "single_class_warning",
     "training_labels",
 ]
 
@@ -191,4 +192,27 @@ def nonfinite_check(live: LiveLabels) -> str | None:
     return (
         f"{n_bad:,} NaN/inf pixels on training slice(s) {where} are left out of the loss "
         "(treated as unlabelled) and of the normalisation"
+    )
+
+
+def single_class_warning(raw: Mapping[int, np.ndarray], class_names: list[str]) -> str | None:
+    """A warning when the training labels hold a single class (or None).
+
+    With one class painted the loss is lowest when that class is predicted
+    everywhere: training runs, but the model is useless until another class
+    is painted.
+    """
+    present: set[int] = set()
+    for r in raw.values():
+        present.update(int(v) for v in np.unique(r) if v)
+        if len(present) > 1:
+            return None
+    if len(present) != 1:
+        return None
+    (value,) = present
+    name = class_names[value - 1] if 0 < value <= len(class_names) else str(value)
+    return (
+        f"the training labels hold only one class ({name!r}, label {value}) on slice(s) "
+        f"{format_slices(sorted(raw))}: the model will learn to predict it everywhere; "
+        "paint some pixels of another class too"
     )

@@ -30,6 +30,7 @@ from .inputs import (
     held_out_slices,
     nonfinite_check,
     normalization_stats,
+    single_class_warning,
     training_labels,
 )
 from .live_labels import LiveLabels
@@ -133,7 +134,15 @@ class Trainer:
             fill=self._input_norm["mean"],
         )
         self._live.load(raw)
-        self._start_warnings = [w for w in (note, nonfinite_check(self._live)) if w]
+        self._start_warnings = [
+            w
+            for w in (
+                note,
+                nonfinite_check(self._live),
+                single_class_warning(raw, self.class_names),
+            )
+            if w
+        ]
         self._previews = Previews(self.slice_shape, min(raw))
         self._val_every = validation_interval(cfg.val_every, cfg.iterations)
         self.history: list[dict[str, Any]] = list(self._meta_in.get("history") or [])
