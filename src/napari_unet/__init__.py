@@ -49,6 +49,8 @@ _LAZY: dict[str, str] = {
     "read_tiff": "napari_unet.io",
     "write_labels_tiff": "napari_unet.io",
     "InvalidImageError": "napari_unet.io",
+    "open_volume": "napari_unet.volumes",
+    "write_ngff_labels": "napari_unet.ngff_labels",
     # sample data
     "synthetic_em": "napari_unet.sample_data",
     "load_isbi2012": "napari_unet.sample_data",
@@ -85,7 +87,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         variation_of_information,
     )
     from .model import UNet
+    from .ngff_labels import write_ngff_labels
     from .sample_data import load_isbi2012, synthetic_em
     from .tiling import predict_dask, predict_tiled
     from .training import TrainConfig, Trainer, train
+    from .volumes import open_volume
     from .weightmap import border_weight_map, instances_from_mask

@@ -26,7 +26,8 @@ logging.getLogger("tifffile").addHandler(logging.NullHandler())
 DEFAULT_MEMORY_BUDGET = 1 << 30  # 1 GiB
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_UNIT_TO_UM = {
+#: micrometres per unit, for the unit names found in TIFF, OME and NGFF metadata
+UNIT_TO_UM = {
     "nm": 1e-3,
     "nanometer": 1e-3,
     "um": 1.0,
@@ -130,7 +131,7 @@ def _ome_scale(ome_xml: str | None) -> dict[str, float]:
                 if value is None:
                     continue
                 unit = elem.get(f"PhysicalSize{ax}Unit", "µm")
-                factor = _UNIT_TO_UM.get(unit, 1.0)
+                factor = UNIT_TO_UM.get(unit, 1.0)
                 try:
                     out[ax] = float(value) * factor
                 except ValueError:
@@ -279,7 +280,7 @@ def read_tiff(
         else:
             data, how = _read_into_memory(series, path, shape), "memory"
         meta = {"storage": how, "source_axes": series.axes, "dtype": str(dtype)}
-        is_labels = _is_labels(data, dtype, as_labels, path)
+        is_labels = decide_is_labels(data, dtype, as_labels, path)
         axes = "ZYX"[-len(shape) :]
         return TiffData(data, scale, unit, axes, is_labels, lazy, path, metadata=meta)
     finally:
@@ -331,7 +332,7 @@ def _physical_scale(tif: tifffile.TiffFile, ndim: int) -> tuple[tuple[float, ...
     if not scales:
         scales, unit = _imagej_scale(tif)
         if unit:
-            factor = _UNIT_TO_UM.get(unit.lower().replace("\\u00b5", "µ"))
+            factor = UNIT_TO_UM.get(unit.lower().replace("\\u00b5", "µ"))
             if factor is not None:
                 scales = {k: v * factor for k, v in scales.items()}
                 unit = "um"
@@ -351,7 +352,7 @@ def _read_into_memory(
         ) from exc
 
 
-def _is_labels(data: Any, dtype: np.dtype, as_labels: bool | None, path: Path) -> bool:
+def decide_is_labels(data: Any, dtype: np.dtype, as_labels: bool | None, path: Path) -> bool:
     """``as_labels``, or a guess from a crop of the middle slice (cheap even for huge pages)."""
     if as_labels is None:
         crop = (slice(0, 1024), slice(0, 1024))

@@ -16,6 +16,7 @@ __all__ = [
     "SLICES_HELP",
     "array_shape",
     "format_slices",
+    "full_resolution",
     "parse_slices",
     "read_block",
     "read_slice",
@@ -40,9 +41,19 @@ def array_shape(image: Any, what: str = "image") -> tuple[int, ...]:
         ) from exc
 
 
+def full_resolution(array: Any) -> Any:
+    """Level 0 of a multiscale pyramid (napari's multiscale layer data); other arrays unchanged.
+
+    Indexing a pyramid picks a level, so every reader computes on its full resolution.
+    """
+    if hasattr(array, "shapes") and hasattr(array, "__len__") and not hasattr(array, "chunks"):
+        return array[0]
+    return array
+
+
 def read_block(array: Any, index: Any) -> np.ndarray:
-    """``np.asarray(array[index])`` for numpy, memmap, dask and zarr arrays."""
-    block = array[index]
+    """``np.asarray(array[index])`` for numpy, memmap, dask and zarr arrays (a pyramid's level 0)."""
+    block = full_resolution(array)[index]
     if hasattr(block, "compute") and not isinstance(block, np.ndarray):
         block = block.compute()
     return np.asarray(block)

@@ -1,52 +1,122 @@
-"""npe2 reader for .tif/.tiff EM stacks and label masks.
+"""npe2 reader for EM volumes and label masks: TIFF, OME-Zarr, zarr, N5 and HDF5 (see :mod:`napari_unet.volumes`).
 
-A file becomes an image or labels layer with its pixel size; a bad one a notification.
+A volume becomes an image or labels layer with its pixel size (an OME-Zarr pyramid a multiscale
+layer, everything but a small TIFF lazily); a bad one a notification; a zarr result whose
+completion record says slices are missing opens with a warning naming them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ..io import InvalidImageError, TiffData, read_tiff
+import numpy as np
+
+from ..io import InvalidImageError
+from ..volumes import Volume, as_volume, is_volume_path, member_locations, open_volume
 from . import notify_error
 
 LayerData = tuple[Any, ...]
-_SUFFIXES = (".tif", ".tiff")
+#: pixels read at most to set the contrast of a lazy image
+_SAMPLE = 1024
 
 
-def layer_data_from_tiff(td: TiffData, *, as_labels: bool | None = None) -> LayerData:
-    """Turn :class:`~napari_unet.io.TiffData` into a napari layer-data tuple."""
-    is_labels = td.is_labels if as_labels is None else as_labels
+def _sample(vol: Volume) -> np.ndarray:
+    """A bounded crop of the middle slice of the smallest level (what the contrast is set from)."""
+    data = vol.levels[-1] if vol.levels else vol.data
+    index = (int(data.shape[0]) // 2,) if data.ndim == 3 else ()
+    return np.asarray(data[(*index, slice(0, _SAMPLE), slice(0, _SAMPLE))])
+
+
+def _contrast(vol: Volume) -> tuple[float, float] | None:
+    sample = vol.data if not vol.lazy else _sample(vol)
+    finite = np.asarray(sample)
+    if finite.dtype.kind == "f":
+        finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi) if hi > lo else None
+
+
+def _labels_colormap(vol: Volume) -> dict[Any, Any] | None:
+    """The colours of an NGFF label image as a napari direct colormap (value -> RGBA 0..1)."""
+    label = vol.metadata.get("image_label") or {}
+    colors = {}
+    for entry in label.get("colors") or ():
+        try:
+            value, rgba = int(entry["label-value"]), [float(c) / 255 for c in entry["rgba"]]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if len(rgba) == 4:
+            colors[value] = rgba
+    if not colors:
+        return None
+    return {None: [0.0, 0.0, 0.0, 0.0], 0: [0.0, 0.0, 0.0, 0.0], **colors}
+
+
+def layer_data_from_volume(vol: Any, *, as_labels: bool | None = None) -> LayerData:
+    """Turn a :class:`~napari_unet.volumes.Volume` (or ``TiffData``) into a napari layer-data tuple."""
+    vol = as_volume(vol)
+    is_labels = vol.is_labels if as_labels is None else as_labels
+    info = {"path": vol.location, "unit": vol.unit, "lazy": vol.lazy, "format": vol.format}
     meta: dict[str, Any] = {
-        "name": td.path.stem,
-        "scale": td.scale,
-        "metadata": {
-            "napari_unet": {"path": str(td.path), "unit": td.unit, "lazy": td.lazy, **td.metadata}
-        },
+        "name": vol.name,
+        "scale": vol.scale,
+        "metadata": {"napari_unet": {**info, **vol.metadata}},
     }
-    if td.unit not in ("pixel", ""):
-        meta["units"] = ("µm" if td.unit == "um" else td.unit,) * len(td.scale)
+    if vol.unit not in ("pixel", ""):
+        meta["units"] = ("µm" if vol.unit == "um" else vol.unit,) * len(vol.scale)
+    data: Any = list(vol.levels) if vol.levels else vol.data
+    if vol.levels:
+        meta["multiscale"] = True
     if is_labels:
-        return (td.data, meta, "labels")
-    if not td.lazy:
-        lo, hi = float(td.data.min()), float(td.data.max())
-        if hi > lo:
-            meta["contrast_limits"] = (lo, hi)
+        colormap = _labels_colormap(vol)
+        if colormap is not None:
+            meta["colormap"] = colormap
+        return (data, meta, "labels")
+    limits = _contrast(vol)
+    if limits is not None:
+        meta["contrast_limits"] = limits
     meta["colormap"] = "gray"
-    return (td.data, meta, "image")
+    return (data, meta, "image")
+
+
+#: the name the TIFF-only reader had (``napari-unet gui`` uses it)
+layer_data_from_tiff = layer_data_from_volume
+
+
+def _warn_incomplete(vol: Volume) -> None:
+    """Warn (still opening it) when a zarr result's completion record names missing slices."""
+    from ..completion import describe_missing, missing_slices
+
+    stored = vol.stored
+    if stored is None:
+        return
+    missing = missing_slices(stored)
+    if missing:
+        from napari.utils.notifications import show_warning
+
+        show_warning(
+            f"{vol.location}: incomplete result: {describe_missing(stored, missing)} (they "
+            "read as 0); finish it with 'napari-unet predict ... --resume'"
+        )
 
 
 def read_path(path: str | os.PathLike, *, as_labels: bool | None = None) -> list[LayerData]:
-    """Read one TIFF into layer data; a bad file becomes a notification and no layer."""
-    try:
-        td = read_tiff(path, as_labels=as_labels)
-    except InvalidImageError as exc:
-        notify_error(str(exc))
-        return [(None,)]  # napari's sentinel: handled, nothing to add
-    return [layer_data_from_tiff(td, as_labels=as_labels)]
+    """Read one volume (an OME-Zarr image with its labels, every image of an HDF5 file or zarr
+    group) into layer data; a bad file becomes a notification and no layer."""
+    out: list[LayerData] = []
+    for location in member_locations(path):
+        try:
+            vol = open_volume(location, as_labels=as_labels)
+        except InvalidImageError as exc:
+            notify_error(str(exc))
+            continue
+        _warn_incomplete(vol)
+        out.append(layer_data_from_volume(vol, as_labels=as_labels))
+    return out or [(None,)]  # napari's sentinel: handled, nothing to add
 
 
 def _read(paths: str | list[str]) -> list[LayerData]:
@@ -59,8 +129,8 @@ def _read(paths: str | list[str]) -> list[LayerData]:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """npe2 ``napari_get_reader``: claim .tif/.tiff paths."""
+    """npe2 ``napari_get_reader``: claim TIFF files and zarr/N5/HDF5 stores (and paths inside them)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if not paths or not all(Path(p).suffix.lower() in _SUFFIXES for p in paths):
+    if not paths or not all(is_volume_path(p) for p in paths):
         return None
     return _read

@@ -135,6 +135,9 @@ def check_device(device: str, *, here: bool = True) -> Any:
 
 # --------------------------------------------------------------------------- files
 
+#: the inputs every subcommand opens (through :func:`open_image`)
+VOLUME_HELP = "TIFF, OME-Zarr/zarr (store.zarr/path), N5 (volume.n5/path) or HDF5 (file.h5:/path)"
+
 
 def is_zarr_path(path: str | os.PathLike) -> bool:
     p = Path(path)
@@ -145,35 +148,67 @@ def is_zarr_path(path: str | os.PathLike) -> bool:
     )
 
 
+def _zarr_array_path(path: Path) -> Path | None:
+    """``path`` if it is a zarr array, the full-resolution array of an OME-Zarr image, else None."""
+    from ..ngff import level0_path
+
+    level0 = level0_path(path)
+    if level0 is not None:
+        return level0
+    if (path / ".zarray").is_file():
+        return path
+    meta = path / "zarr.json"
+    if meta.is_file():
+        import json
+
+        try:
+            return path if json.loads(meta.read_text()).get("node_type") == "array" else None
+        except (OSError, ValueError, AttributeError):
+            return None
+    return None
+
+
 def open_zarr(path: Path, what: str, mode: str = "r") -> Any:
-    """The zarr array at ``path`` (``mode`` "r" or "r+"), or a one-line :class:`CLIError`."""
+    """The zarr array at ``path`` (an OME-Zarr image: its level 0), or a one-line :class:`CLIError`."""
     if not path.exists():
         raise CLIError(f"{what} {path}: no such zarr folder")
     import zarr
 
     try:
-        return zarr.open_array(str(path), mode=mode)
+        return zarr.open_array(str(_zarr_array_path(path) or path), mode=mode)
     except Exception as exc:  # zarr raises many kinds on bad stores
         raise CLIError(f"{what} {path}: not a readable zarr array ({exc})") from None
 
 
-def open_labels(path: str | os.PathLike, what: str) -> tuple[Any, Any]:
-    """Open a label/class map: a TIFF (via :func:`napari_unet.io.read_tiff`) or a zarr array.
+def open_image(
+    path: str | os.PathLike, what: str = "image", *, as_labels: bool | None = False
+) -> Any:
+    """The one opener of the subcommands' inputs: a :class:`napari_unet.volumes.Volume`.
 
-    Returns ``(array, TiffData or None)``.
+    TIFF (lazy when large), OME-Zarr (level 0), zarr, N5 and HDF5 (``file.h5:/path``); a bad
+    input raises :class:`napari_unet.io.InvalidImageError`, a one-line error.
+    """
+    from ..io import DEFAULT_MEMORY_BUDGET
+    from ..volumes import open_volume
+
+    return open_volume(path, as_labels=as_labels, memory_budget=DEFAULT_MEMORY_BUDGET)
+
+
+def open_labels(path: str | os.PathLike, what: str) -> tuple[Any, Any]:
+    """Open a label/class map: a zarr array (with its completion record) or any :func:`open_image` input.
+
+    Returns ``(array, Volume or None)``.
     """
     p = Path(path)
-    if is_zarr_path(p):
+    if is_zarr_path(p) and (not p.exists() or _zarr_array_path(p) is not None):
         arr = open_zarr(p, what, mode="r")
         if np.dtype(arr.dtype).kind not in "biu":
             raise CLIError(f"{what} {p}: holds {arr.dtype} values, not integer labels")
         if arr.ndim not in (2, 3):
             raise CLIError(f"{what} {p}: a label map must be 2D or 3D, got shape {arr.shape}")
         return arr, None
-    from ..io import read_tiff
-
-    td = read_tiff(p, as_labels=True)
-    return td.data, td
+    vol = open_image(p, what, as_labels=True)
+    return (vol.stored if vol.stored is not None else vol.data), vol
 
 
 def nbytes_of(shape: Sequence[int], dtype: Any) -> int:
