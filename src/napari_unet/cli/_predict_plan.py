@@ -61,14 +61,30 @@ def _output_kind(path: Path) -> str:
     raise CLIError(f"--out {path}: the name must end with .tif, .tiff or .zarr")
 
 
+def _ngff_labels_target(out: Path) -> Path | None:
+    """``out/labels/prediction`` when ``out`` is an existing OME-Zarr image, else None."""
+    from ..ngff_labels import labels_target
+
+    try:
+        return labels_target(out)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--out {out}: cannot add labels to this OME-Zarr image ({exc})") from None
+
+
 def _choose_output(args: argparse.Namespace, result_bytes: int) -> tuple[Path, str]:
     """``--out`` (or the default name) and its kind; a TIFF must fit in ``--max-memory``."""
     budget = int(args.max_memory * 2**30)
     if args.out is None:
         kind = "tif" if result_bytes <= budget else "zarr"
+        name = Path(args.image).name
+        if name.lower().endswith(".ome.zarr"):  # OME-Zarr in, OME-NGFF labels out
+            return Path.cwd() / f"{name[: -len('.ome.zarr')]}_prediction.ome.zarr", "zarr"
         return Path.cwd() / f"{Path(args.image).stem}_prediction.{kind}", kind
     out = Path(args.out)
     kind = _output_kind(out)
+    inside = _ngff_labels_target(out) if kind == "zarr" else None
+    if inside is not None:  # OME-NGFF labels inside an existing OME-Zarr image
+        return inside, kind
     if kind == "tif" and result_bytes > budget:
         raise CLIError(
             f"the result ({human_bytes(result_bytes)}) is larger than --max-memory "
@@ -98,11 +114,11 @@ def plan(args: argparse.Namespace, td: Any, model: Any, meta: dict, device: Any)
             "--probabilities-dtype float16: the probabilities TIFF (an ImageJ hyperstack) "
             f"holds float32; write zarr for float16 (--out {out.with_suffix('.zarr')})"
         )
-    if args.resume and (kind != "zarr" or args.scheduler is not None):
-        raise CLIError("--resume finishes a zarr result predicted here: use --out OUT.zarr")
-    prob_out = (
-        out.with_name(f"{out.stem}_probabilities{out.suffix}") if args.probabilities else None
-    )
+    if args.resume and kind != "zarr":
+        raise CLIError("--resume finishes a zarr result: use --out OUT.zarr")
+    base = out.parent.parent if out.parent.name == "labels" and kind == "zarr" else out
+    stem = base.name[: -len(".ome.zarr")] if base.name.lower().endswith(".ome.zarr") else base.stem
+    prob_out = base.with_name(f"{stem}_probabilities{base.suffix}") if args.probabilities else None
     prob_dtype = np.dtype(args.probabilities_dtype or ("float32" if kind == "tif" else "float16"))
     normalization = normalization_for(td, slices, meta)
     job = Job(
@@ -158,7 +174,7 @@ def source(job: Job) -> dict[str, Any]:
     """What a zarr result is made from: a resumed run must match it."""
     return {
         "slices": job.slices,
-        "image": str(Path(job.td.path).resolve()),
+        "image": str(Path(getattr(job.td, "location", job.td.path)).resolve()),
         "model": str(Path(job.args.model).resolve()),
         "tta": bool(job.args.tta),
     }

@@ -27,6 +27,7 @@ class ZarrOutputs:
     probs: Any | None
     recorders: list[SliceRecorder]
     positions: list[int]
+    ngff: Path | None = None  # the OME-NGFF label image the labels belong to
 
     def targets(self) -> tuple[RecordedTarget, RecordedTarget | None]:
         """``predict_tiled`` outputs writing the :attr:`positions` and recording them."""
@@ -50,6 +51,13 @@ class ZarrOutputs:
 
     def finish(self, info: Mapping[str, Any]) -> None:
         """Mark every array complete, with ``info`` (the last write)."""
+        if self.ngff is not None:  # pixel size and classes, known now, into the NGFF metadata
+            from ..ngff_labels import update_ngff_labels
+
+            update_ngff_labels(
+                self.ngff, scale=info.get("scale"), unit=str(info.get("unit") or "pixel"),
+                class_names=info.get("class_names"), values=info.get("values"),
+            )  # fmt: skip
         for recorder in self.recorders:
             recorder.finish(info)
 
@@ -57,7 +65,16 @@ class ZarrOutputs:
 def _create(path: Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> Any:
     import zarr
 
+    from ..ngff import image_multiscale
+    from ..ngff_labels import create_ngff_labels
+
     try:
+        if path.parent.name == "labels" and image_multiscale(path.parent.parent) is not None:
+            return create_ngff_labels(
+                path.parent.parent, shape, dtype, name=path.name, chunks=chunks
+            )
+        if path.name.lower().endswith(".ome.zarr"):  # a standalone OME-NGFF label image
+            return create_ngff_labels(path, shape, dtype, chunks=chunks)
         return zarr.open_array(
             str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
         )
@@ -114,4 +131,7 @@ def open_outputs(
     for arr in arrays if resume else ():
         missing |= set(missing_slices(arr) or [])
     probs = arrays[1] if prob_out is not None else None
-    return ZarrOutputs(arrays[0], probs, recorders, sorted(missing))
+    from ..ngff import level0_path
+
+    ngff = out if level0_path(out) is not None else None
+    return ZarrOutputs(arrays[0], probs, recorders, sorted(missing), ngff)

@@ -1,7 +1,8 @@
-"""The tiling engine: streams slices and their tiles through the network in batches.
+"""The tiling engine: streams the YX blocks of slices and their tiles through the network in batches.
 
-Reads ahead and writes behind in threads, averages test-time augmentation, shrinks on CUDA OOM;
-NaN/inf pixels are predicted as the mean intensity and counted.
+Reads a block (with its halo) ahead and writes finished blocks behind in threads, averages
+test-time augmentation, shrinks on CUDA OOM; NaN/inf pixels are predicted as the mean intensity.
+Memory is a few blocks (:mod:`.blocks`), whatever the size of a slice.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 from torch import nn
 
 from ..devices import OOM_ERRORS
-from ..dihedral import N_TRANSFORMS, dihedral, dihedral_inverse
-from ..slices import array_shape, read_slice
-from .geometry import TilePlan, pad_slice, plan_tiles, resolve_overlap, round_tile
+from ..dihedral import N_TRANSFORMS, dihedral_inverse
+from ..slices import array_shape, read_block
+from .blocks import Block, FrameBlock, block_grid, frame_block, frame_map, union_bounds
+from .geometry import TilePlan, plan_tiles, resolve_overlap, round_tile
 from .inference import CHANNELS_LAST_DEVICES
 from .memory import default_batch, default_tile_and_batch
+from .pixels import argmax_channels_torch, labels_from_probs, normalise
 
 __all__ = ["NonFiniteWarning", "PredictionCancelled", "TilingWarning", "labels_from_probs"]
 
@@ -35,9 +38,9 @@ class PredictionCancelled(Exception):
     ----------
     done_slices : int
         Number of leading Z-slices that were completely predicted and written
-        to ``out`` (slices ``0 .. done_slices - 1``).  The slice that was in
-        progress and all later slices were not written: ``out`` still holds
-        what it held before there.
+        to ``out`` (slices ``0 .. done_slices - 1``).  Later slices were not
+        written (``out`` still holds what it held before there), except the
+        finished blocks of a slice larger than one block that was in progress.
     total_slices : int
         Number of slices of the image (1 for a 2-D image).
     """
@@ -73,64 +76,37 @@ class _ShrinkTiles(Exception):
     """Raised inside the engine when a batch of one tile ran out of CUDA memory."""
 
 
-def _argmax_channels_torch(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``argmax + 1`` over dim 1 of ``(N, C, H, W)`` as ``dtype`` (first maximum on ties).
+class _BlockState:
+    """Accumulators of one block of one Z-slice while its tiles are computed."""
 
-    An elementwise running maximum over the channels: much faster on the CPU
-    than ``torch.argmax(dim=1)`` (a strided reduction over few channels) and
-    it writes the small label dtype directly.
-    """
-    best = x[:, 0]
-    labels = torch.ones(best.shape, dtype=dtype, device=x.device)
-    for c in range(1, x.shape[1]):
-        value = x[:, c]
-        better = value > best
-        best = torch.where(better, value, best)
-        labels.masked_fill_(better, c + 1)
-    return labels
+    __slots__ = ("acc", "block", "labels", "last", "n_tiles", "remaining", "z")
 
-
-def labels_from_probs(probs: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``argmax(probs, axis=0) + 1`` as ``dtype`` (first maximum on ties), channel by channel."""
-    best = probs[0].copy()
-    labels = np.ones(best.shape, dtype)
-    for c in range(1, probs.shape[0]):
-        better = probs[c] > best
-        np.copyto(best, probs[c], where=better)
-        labels[better] = c + 1
-    return labels
-
-
-class _SliceState:
-    """Accumulators of one Z-slice while its tiles are computed."""
-
-    __slots__ = ("acc", "labels", "n_tiles", "remaining", "z")
-
-    def __init__(self, z: int) -> None:
+    def __init__(self, z: int, block: Block, last: bool) -> None:
         self.z = z
+        self.block = block
+        self.last = last  # the last block of its slice
         self.acc: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self.remaining = 0
         self.n_tiles = 0
 
 
-class _SubSlice:
-    """One (slice, dihedral transform) pair being tiled."""
+class _SubBlock:
+    """One (block, dihedral transform) pair being tiled."""
 
-    __slots__ = ("buffer", "plan", "remaining", "slice", "tensor", "transform")
+    __slots__ = ("buffer", "frame", "remaining", "slice", "tensor")
 
-    def __init__(
-        self, state: _SliceState, transform: int, plan: TilePlan, tensor: torch.Tensor
-    ) -> None:
+    def __init__(self, state: _BlockState, frame: FrameBlock, tensor: torch.Tensor) -> None:
         self.slice = state
-        self.transform = transform
-        self.plan = plan
+        self.frame = frame
         self.tensor: torch.Tensor | None = tensor
-        self.remaining = plan.n_tiles
+        self.remaining = frame.n_tiles
         self.buffer: np.ndarray | None = None
 
 
-_Item = tuple[_SubSlice, tuple[Any, ...]]
+_Item = tuple[_SubBlock, tuple[Any, ...]]
+#: ``(z, block, last block of its slice)``
+_Work = tuple[int, Block, bool]
 
 
 def _autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -140,7 +116,11 @@ def _autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 class Engine:
-    """Streams the tiles of consecutive slices through the network in batches."""
+    """Streams the tiles of consecutive blocks of consecutive slices through the network.
+
+    ``blocks``: the ``(z, (y0, y1, x0, x1))`` to predict, in order (default: every block of
+    every slice, blocks of ``block_size`` pixels per side aligned with the tiles).
+    """
 
     def __init__(
         self,
@@ -157,6 +137,8 @@ class Engine:
         out: Any,
         probs_out: Any,
         progress: ProgressCallback | None,
+        block_size: tuple[int, int],
+        blocks: list[tuple[int, Block]] | None = None,
     ) -> None:
         self.model = model
         self.image = image
@@ -186,11 +168,15 @@ class Engine:
             self.tile = tile_size
             batch = default_batch(model, device, self.plan_for(self.hw).tile, amp)
         self.batch = batch if batch_size is None else batch_size
+        self.grid = block_grid(self.plan_for(self.hw), block_size)
+        self.work = None if blocks is None else self._explicit_work(blocks)
+        self.n_work = self.n_slices * len(self.grid) if self.work is None else len(self.work)
 
         self.nonfinite: dict[int, int] = {}  # slice -> NaN/inf pixels (set to the mean)
         self.done_slices = 0  # slices finished (handed to the writer)
+        self.done_work = 0  # blocks finished (handed to the writer)
         self.done_tiles = 0  # tiles computed, for progress
-        self.finished_tiles = 0  # tiles of finished slices
+        self.finished_tiles = 0  # tiles of finished blocks
         self.total_tiles = 0
         self._prefetch: Future | None = None
         self._writes: list[Future] = []
@@ -207,37 +193,69 @@ class Engine:
             self._plans[key] = plan
         return plan
 
-    def tiles_per_slice(self) -> int:
-        total = 0
+    def _explicit_work(self, blocks: list[tuple[int, Block]]) -> list[_Work]:
+        items = [(int(z), tuple(int(v) for v in b)) for z, b in blocks]
+        for z, (y0, y1, x0, x1) in items:
+            if not (
+                0 <= z < self.n_slices and 0 <= y0 < y1 <= self.hw[0] and 0 <= x0 < x1 <= self.hw[1]
+            ):
+                raise ValueError(f"block {(y0, y1, x0, x1)} of slice {z} is outside the image")
+        nxt = [items[i + 1][0] for i in range(len(items) - 1)] + [None]
+        return [(z, b, z != n) for (z, b), n in zip(items, nxt)]  # type: ignore[misc]
+
+    def work_item(self, i: int) -> _Work:
+        if self.work is not None:
+            return self.work[i]
+        z, b = divmod(i, len(self.grid))
+        return z, self.grid[b], b == len(self.grid) - 1
+
+    def frames_for(self, block: Block, tile: tuple[int, int] | None = None) -> list[FrameBlock]:
+        """``block`` in the frame of every transform, tiled with ``tile``."""
+        frames = []
         for k in self.transforms:
-            hw = self.hw if k % 2 == 0 else (self.hw[1], self.hw[0])
-            total += self.plan_for(hw).n_tiles
-        return total
+            plan = self.plan_for(frame_map(k).frame_shape(self.hw), tile)
+            frames.append(frame_block(k, plan, block, self.hw))
+        return frames
+
+    def _tiles_from(self, i0: int) -> int:
+        """Tiles of the work items ``i0 ..`` with the current tile."""
+        counts: dict[Block, int] = {}
+
+        def count(block: Block) -> int:
+            if block not in counts:
+                counts[block] = sum(f.n_tiles for f in self.frames_for(block))
+            return counts[block]
+
+        if self.work is not None:
+            return sum(count(self.work[i][1]) for i in range(i0, self.n_work))
+        nb = len(self.grid)
+        per_slice = sum(count(b) for b in self.grid)
+        z0, b0 = divmod(i0, nb)
+        return (self.n_slices - z0) * per_slice - sum(count(b) for b in self.grid[:b0])
 
     # -- I/O (background threads) ------------------------------------------
-    def _load(
-        self, z: int, tile: tuple[int, int]
-    ) -> tuple[np.ndarray | None, torch.Tensor, TilePlan]:
-        """Read, normalise and mirror-pad slice ``z`` (runs in the reader thread).
+    def _load(self, i: int, tile: tuple[int, int]) -> tuple[Any, ...]:
+        """Read and normalise work item ``i``'s input with its halo (runs in the reader thread).
 
-        Returns the normalised slice (only kept for TTA), the padded slice as a
-        CPU tensor (in pinned memory for an asynchronous copy to CUDA) and the
-        tile plan it was padded for.
+        Returns the item, its frames, the normalised input (kept only for TTA) and its
+        origin, and the first frame's input as a CPU tensor (pinned for CUDA).
         """
-        raw = read_slice(self.image, z)
-        if raw.shape != self.hw:
-            raise ValueError(f"slice {z} has shape {raw.shape}, expected {self.hw}")
-        data = raw.astype(np.float32, copy=True)
-        data -= np.float32(self.mean)
-        data /= np.float32(self.std)
-        if raw.dtype.kind == "f":
-            bad = ~np.isfinite(data)
-            if bad.any():
-                data[bad] = 0.0  # the mean intensity
-                self.nonfinite[z] = int(np.count_nonzero(bad))
-        plan = self.plan_for(self.hw, tile)
-        padded = self._host_tensor(pad_slice(data, plan))
-        return (data if len(self.transforms) > 1 else None), padded, plan
+        z, block, last = self.work_item(i)
+        frames = self.frames_for(block, tile)
+        y0, y1, x0, x1 = union_bounds(frames)
+        window = (slice(y0, y1), slice(x0, x1))
+        raw = read_block(self.image, window if self.is_2d else (z, *window))
+        if raw.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"slice {z} is not of shape {self.hw}: read {raw.shape} at {window}")
+        data, bad = normalise(raw, self.mean, self.std)
+        if bad is not None:  # counted in the block itself, not in its halo
+            by0, by1, bx0, bx1 = block
+            n_bad = int(np.count_nonzero(bad[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]))
+            if n_bad:
+                self.nonfinite[z] = self.nonfinite.get(z, 0) + n_bad
+        first = self._host_tensor(frames[0].gather(data, (y0, x0)))
+        keep = data if len(frames) > 1 else None
+        return (z, block, last), frames, keep, (y0, x0), first
 
     def _host_tensor(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
@@ -245,8 +263,18 @@ class Engine:
             tensor = tensor.pin_memory()
         return tensor
 
-    def _finish_and_write(self, state: _SliceState) -> None:
-        """Labels (and probabilities) of a finished slice into the outputs (writer thread)."""
+    def _keys(self, state: _BlockState) -> tuple[Any, Any]:
+        """Where a block goes in ``out`` and in ``probs_out`` (a whole slice as before)."""
+        y0, y1, x0, x1 = state.block
+        if state.block == (0, self.hw[0], 0, self.hw[1]):
+            return (Ellipsis, Ellipsis) if self.is_2d else (state.z, (slice(None), state.z))
+        yx = (slice(y0, y1), slice(x0, x1))
+        if self.is_2d:
+            return yx, (slice(None), *yx)
+        return (state.z, *yx), (slice(None), state.z, *yx)
+
+    def _finish_and_write(self, state: _BlockState) -> None:
+        """Labels (and probabilities) of a finished block into the outputs (writer thread)."""
         probs = None
         if self.need_probs:
             probs = state.acc
@@ -255,19 +283,13 @@ class Engine:
             labels = labels_from_probs(probs, self.label_dtype)
         else:
             labels = state.labels
-        if self.is_2d:
-            self.out[...] = labels
-        else:
-            self.out[state.z] = labels
+        key, probs_key = self._keys(state)
+        self.out[key] = labels
         if self.probs_out is not None and probs is not None:
-            values = probs.astype(self.probs_dtype, copy=False)
-            if self.is_2d:
-                self.probs_out[...] = values
-            else:
-                self.probs_out[:, state.z] = values
+            self.probs_out[probs_key] = probs.astype(self.probs_dtype, copy=False)
 
-    def _submit_write(self, state: _SliceState) -> None:
-        while len(self._writes) >= 2:  # bounded: at most two finished slices in flight
+    def _submit_write(self, state: _BlockState) -> None:
+        while len(self._writes) >= 2:  # bounded: at most two finished blocks in flight
             self._writes.pop(0).result()
         self._writes.append(self._writer.submit(self._finish_and_write, state))
 
@@ -294,59 +316,58 @@ class Engine:
         # allocator keeps the pinned block alive until the copy is done
         return host.to(self.device, non_blocking=host.is_pinned())
 
-    def _new_state(self, z: int) -> _SliceState:
-        state = _SliceState(z)
+    def _new_state(self, work: _Work, frames: list[FrameBlock]) -> _BlockState:
+        state = _BlockState(*work)
+        y0, y1, x0, x1 = state.block
         if self.need_probs:
-            state.acc = np.zeros((self.n_classes, *self.hw), np.float32)
+            state.acc = np.zeros((self.n_classes, y1 - y0, x1 - x0), np.float32)
         else:
-            state.labels = np.zeros(self.hw, self.label_dtype)
-        state.remaining = len(self.transforms)
-        state.n_tiles = self.tiles_per_slice()
+            state.labels = np.zeros((y1 - y0, x1 - x0), self.label_dtype)
+        state.remaining = len(frames)
+        state.n_tiles = sum(f.n_tiles for f in frames)
         return state
 
-    def _buffer_for(self, state: _SliceState, plan: TilePlan) -> np.ndarray:
+    def _buffer_for(self, state: _BlockState, frame: FrameBlock) -> np.ndarray:
         """Where the kept tile outputs of one transform of ``state`` go."""
         if not self.need_probs:
             return state.labels  # type: ignore[return-value]
         if len(self.transforms) == 1:
             return state.acc  # type: ignore[return-value]
-        return np.empty((self.n_classes, *plan.shape), np.float32)
+        return np.empty((self.n_classes, *frame.shape), np.float32)
 
-    def _sub_slices(
-        self, state: _SliceState, data: np.ndarray | None, padded0: torch.Tensor, plan0: TilePlan
-    ) -> Iterator[_SubSlice]:
-        """Yield the slice once per transform, padded for the current tile, on the device."""
-        for k in self.transforms:
-            if k == 0 and plan0.tile == self.plan_for(self.hw).tile:
-                padded, plan = padded0, plan0
-            else:
-                if data is None:  # recover the unpadded slice from the mirrored one
-                    (top, _), (left, _) = plan0.pad_width
-                    data = padded0.numpy()[top : top + self.hw[0], left : left + self.hw[1]]
-                view = dihedral(data, k)
-                plan = self.plan_for((view.shape[0], view.shape[1]))
-                padded = self._host_tensor(pad_slice(view, plan))
-            sub = _SubSlice(state, k, plan, self._to_device(padded))
-            sub.buffer = self._buffer_for(state, plan)
-            del padded
+    def _sub_blocks(
+        self,
+        work: _Work,
+        frames: list[FrameBlock],
+        data: np.ndarray | None,
+        origin: tuple[int, int],
+        first: torch.Tensor,
+    ) -> Iterator[_SubBlock]:
+        """Yield the block once per transform, gathered for its frame, on the device."""
+        state = self._new_state(work, frames)
+        for i, frame in enumerate(frames):
+            host = first if i == 0 else self._host_tensor(frame.gather(data, origin))  # type: ignore[arg-type]
+            sub = _SubBlock(state, frame, self._to_device(host))
+            sub.buffer = self._buffer_for(state, frame)
+            del host
             yield sub
 
-    def _stream(self, z0: int) -> Iterator[_Item]:
-        """Yield ``(sub_slice, tile)`` for every tile of slices ``z0, z0 + 1, ...``."""
-        if z0 < self.n_slices:
-            self._prefetch = self._reader.submit(self._load, z0, self.tile)
-        for z in range(z0, self.n_slices):
+    def _stream(self, i0: int) -> Iterator[_Item]:
+        """Yield ``(sub_block, tile)`` for every tile of the work items ``i0, i0 + 1, ...``."""
+        if i0 < self.n_work:
+            self._prefetch = self._reader.submit(self._load, i0, self.tile)
+        for i in range(i0, self.n_work):
             fut, self._prefetch = self._prefetch, None
             loaded = fut.result()  # type: ignore[union-attr]
-            if z + 1 < self.n_slices:
-                self._prefetch = self._reader.submit(self._load, z + 1, self.tile)
-            for sub in self._sub_slices(self._new_state(z), *loaded):
-                for tile in sub.plan.tiles():
+            if i + 1 < self.n_work:
+                self._prefetch = self._reader.submit(self._load, i + 1, self.tile)
+            for sub in self._sub_blocks(*loaded):
+                for tile in sub.frame.tiles:
                     yield sub, tile
             del loaded
 
     def _forward(self, items: list[_Item]) -> np.ndarray:
-        ty, tx = items[0][0].plan.tile
+        ty, tx = items[0][0].frame.tile
         crops = [sub.tensor[y0 : y0 + ty, x0 : x0 + tx] for sub, (y0, x0, _, _) in items]  # type: ignore[index]
         batch = torch.stack(crops).unsqueeze(1)
         if self.device.type in CHANNELS_LAST_DEVICES:
@@ -359,7 +380,7 @@ class Engine:
         if self.need_probs:
             result = torch.softmax(logits.float(), dim=1)
         else:
-            result = _argmax_channels_torch(logits, self.device_label_dtype)
+            result = argmax_channels_torch(logits, self.device_label_dtype)
         return result.cpu().numpy()
 
     def _scatter(self, items: list[_Item], result: np.ndarray) -> None:
@@ -374,16 +395,17 @@ class Engine:
             if sub.remaining == 0:
                 self._sub_done(sub)
 
-    def _sub_done(self, sub: _SubSlice) -> None:
+    def _sub_done(self, sub: _SubBlock) -> None:
         state = sub.slice
         if self.need_probs and len(self.transforms) > 1:
-            state.acc += dihedral_inverse(sub.buffer, sub.transform)  # type: ignore[operator]
+            state.acc += dihedral_inverse(sub.buffer, sub.frame.k)  # type: ignore[operator]
         sub.buffer = None
         sub.tensor = None
         state.remaining -= 1
         if state.remaining == 0:
             self._submit_write(state)
-            self.done_slices += 1
+            self.done_work += 1
+            self.done_slices += int(state.last)
             self.finished_tiles += state.n_tiles
 
     # -- the loop ----------------------------------------------------------
@@ -415,15 +437,16 @@ class Engine:
             self._drain_writes()
             raise PredictionCancelled(self.done_slices, self.n_slices)
 
-    def _run_from(self, z0: int) -> None:
+    def _run_from(self, i0: int) -> None:
+        """Blocks of one slice may share a batch; slices never do (each slice is independent)."""
         pending: list[_Item] = []
-        stream = self._stream(z0)
+        stream = self._stream(i0)
         try:
             for item in stream:
                 if pending and (
                     len(pending) >= self.batch
-                    or item[0].slice is not pending[0][0].slice
-                    or item[0].plan.tile != pending[0][0].plan.tile
+                    or item[0].slice.z != pending[0][0].slice.z
+                    or item[0].frame.tile != pending[0][0].frame.tile
                 ):
                     self._run_batch(pending)
                     pending = []
@@ -436,7 +459,7 @@ class Engine:
             stream.close()
 
     def _shrink(self, exc: BaseException) -> None:
-        """After an OOM with one tile per batch: halve the tile, restart unfinished slices."""
+        """After an OOM with one tile per batch: halve the tile, restart unfinished blocks."""
         self._wait_prefetch()
         self._drain_writes()
         smallest = round_tile(self.model, 1, resolve_overlap(self.model, self.overlap))
@@ -450,9 +473,7 @@ class Engine:
             stacklevel=3,
         )
         self.done_tiles = self.finished_tiles
-        self.total_tiles = self.finished_tiles + (self.n_slices - self.done_slices) * (
-            self.tiles_per_slice()
-        )
+        self.total_tiles = self.finished_tiles + self._tiles_from(self.done_work)
 
     def nonfinite_warning(self) -> NonFiniteWarning | None:
         """What :meth:`run` met: a :class:`NonFiniteWarning`, or None when all pixels were finite."""
@@ -462,17 +483,17 @@ class Engine:
         return NonFiniteWarning(sum(self.nonfinite.values()), total, sorted(self.nonfinite))
 
     def run(self) -> None:
-        """Predict every slice into the outputs (the caller's thread computes)."""
+        """Predict every block into the outputs (the caller's thread computes)."""
         cudnn_benchmark = torch.backends.cudnn.benchmark
         try:
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
-            self.total_tiles = self.tiles_per_slice() * self.n_slices
+            self.total_tiles = self._tiles_from(0)
             self._report()
             with torch.inference_mode():
                 while True:
                     try:
-                        self._run_from(self.done_slices)
+                        self._run_from(self.done_work)
                         break
                     except _ShrinkTiles as shrink:
                         self._shrink(shrink.args[0])

@@ -15,6 +15,8 @@ from .geometry import check_model, plan_tiles, resolve_overlap, round_tile, tile
 
 __all__ = [
     "ACTIVATION_FACTOR",
+    "BLOCK_MEMORY_BUDGET",
+    "BLOCK_SIZES",
     "CPU_BATCH_PIXELS",
     "CPU_MAX_BATCH",
     "CPU_MEMORY_BUDGET",
@@ -24,6 +26,7 @@ __all__ = [
     "CUDA_MEMORY_FRACTION",
     "CUDA_TILES",
     "default_batch",
+    "default_block_size",
     "default_tile_and_batch",
     "estimate_tile_bytes",
 ]
@@ -45,6 +48,34 @@ ACTIVATION_FACTOR = 4.0
 CUDA_MEMORY_FRACTION = 0.5
 #: Memory budget for the activations on the CPU (also capped by MemAvailable / 4).
 CPU_MEMORY_BUDGET = 2 << 30
+#: Candidate YX block sizes (kept pixels per side), largest first: a slice is predicted block
+#: by block, so memory is bounded by the block, not the slice (docs/SCALE.md).
+BLOCK_SIZES = (4096, 2048, 1024, 512)
+#: Memory the blocks in flight may take (read-ahead, accumulators, writes), beside the network's.
+BLOCK_MEMORY_BUDGET = 512 << 20
+
+
+def block_bytes_per_pixel(n_classes: int, probabilities: bool, tta: bool) -> int:
+    """Bytes per block pixel of everything the engine holds for blocks at once.
+
+    Two inputs (the one computed and the one read ahead), each as the read block, its float32
+    copy and the gathered tile input (4 + 4 + 4 bytes, halo aside); labels for the block and two
+    finished blocks waiting to be written (3 x 2 bytes); with probabilities or TTA the float32
+    accumulator of the block and of the two written ones (3 x 4 C) and, for TTA, one frame buffer (4 C).
+    """
+    total = 2 * 12 + 3 * 2
+    if probabilities or tta:
+        total += 3 * 4 * n_classes + (4 * n_classes if tta else 0)
+    return total
+
+
+def default_block_size(n_classes: int, probabilities: bool = False, tta: bool = False) -> int:
+    """The largest of :data:`BLOCK_SIZES` whose blocks fit in :data:`BLOCK_MEMORY_BUDGET`."""
+    per_pixel = block_bytes_per_pixel(n_classes, probabilities, tta)
+    for size in BLOCK_SIZES:
+        if size * size * per_pixel <= BLOCK_MEMORY_BUDGET:
+            return size
+    return BLOCK_SIZES[-1]
 
 
 def estimate_tile_bytes(

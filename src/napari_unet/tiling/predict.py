@@ -22,8 +22,15 @@ from ..slices import array_shape
 from .engine import Engine, NonFiniteWarning, PredictionCancelled, ProgressCallback, TilingWarning
 from .geometry import check_model, resolve_overlap, tile_pair
 from .inference import inference_model
+from .memory import default_block_size
 
-__all__ = ["NonFiniteWarning", "PredictionCancelled", "TilingWarning", "predict_tiled"]
+__all__ = [
+    "NonFiniteWarning",
+    "PredictionCancelled",
+    "TilingWarning",
+    "predict_blocks",
+    "predict_tiled",
+]
 
 
 def check_image(image: Any) -> tuple[int, ...]:
@@ -49,6 +56,16 @@ def check_tiling(
     batch = None if batch_size is None else check_int("batch_size", batch_size, 1)
     resolve_overlap(model, overlap)
     return tile, batch
+
+
+def resolve_block_size(
+    model: nn.Module, block_size: Any, probabilities: bool, tta: bool
+) -> tuple[int, int]:
+    """The checked ``block_size`` as a pair, or the default for this network and outputs."""
+    if block_size is None:
+        size = default_block_size(int(model.n_classes), probabilities, tta)
+        return size, size
+    return tile_pair(block_size, "block_size")
 
 
 def check_normalization(normalization: Any) -> tuple[float, float] | None:
@@ -147,8 +164,9 @@ def predict_tiled(
     probabilities_dtype: Any = np.float32,
     probabilities_out: Any = None,
     overlap: int | None = None,
+    block_size: int | Sequence[int] | None = None,
 ) -> Any:
-    """Predict the class map of a 2-D image or a Z-stack, tile by tile (see docs/TILING.md).
+    """Predict the class map of a 2-D image or a Z-stack, block by block, tile by tile (docs/TILING.md).
 
     Parameters
     ----------
@@ -156,7 +174,7 @@ def predict_tiled(
         A single-channel napari_unet UNet; it runs as a prepared copy (eval mode,
         batch norm folded, channels_last): the caller's model is never modified.
     image : array-like, (H, W) or (Z, H, W)
-        numpy, memmap, dask or zarr, read one Z-slice at a time; any size.
+        numpy, memmap, dask or zarr, read one YX block (with its halo) at a time; any size.
     tile_size, batch_size : int, optional
         Largest network input tile (an int or ``(h, w)``, see :func:`plan_tiles`)
         and tiles per forward pass; default from the device (:func:`default_tile_and_batch`).
@@ -165,7 +183,8 @@ def predict_tiled(
     out, probabilities_out : array, optional
         Preallocated labels (integer, ``image.shape``) and probabilities (float,
         ``(C, *image.shape)``; implies ``return_probabilities``): numpy, memmap or
-        zarr, each slice written once.  Default: new numpy arrays.
+        zarr, each block written once.  Default: new numpy arrays (labels only, in the
+        smallest unsigned dtype, unless probabilities are asked for).
     return_probabilities : bool, default False
         Also return the softmax probabilities (``probabilities_dtype``: float32 or float16).
     progress : callable, optional
@@ -179,6 +198,10 @@ def predict_tiled(
         Average the softmax over the 8 flips/rotations of each slice.
     overlap : int, optional
         Same padding only: the input tiles' overlap; default :func:`exact_overlap`.
+    block_size : int or (int, int), optional
+        Largest YX block (output pixels per side, whole tiles) held at once; default
+        :func:`~napari_unet.tiling.memory.default_block_size`.  Any block size gives the
+        bit-identical result; memory is bounded by the block, not the slice.
 
     Returns
     -------
@@ -194,6 +217,7 @@ def predict_tiled(
     pdtype = _check_probabilities_dtype(probabilities_dtype)
     norm = image_normalization(image, normalization)
     out, probs_out = _outputs(model, shape, out, probabilities_out, return_probabilities, pdtype)
+    blocks = resolve_block_size(model, block_size, probs_out is not None, bool(tta))
     with inference_model(model, dev) as net:
         engine = Engine(
             net,
@@ -208,8 +232,62 @@ def predict_tiled(
             out=out,
             probs_out=probs_out,
             progress=progress,
+            block_size=blocks,
         )
         engine.run()
     if (warning := engine.nonfinite_warning()) is not None:
         warnings.warn(warning, stacklevel=2)
     return out if probs_out is None else (out, probs_out)
+
+
+def predict_blocks(
+    model: nn.Module,
+    image: Any,
+    blocks: Sequence[tuple[int, tuple[int, int, int, int]]],
+    *,
+    out: Any,
+    normalization: dict[str, float],
+    probabilities_out: Any = None,
+    tile_size: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = "auto",
+    amp: bool = True,
+    tta: bool = False,
+    overlap: int | None = None,
+) -> None:
+    """Predict only the YX ``blocks`` ``(z, (y0, y1, x0, x1))`` of ``image`` into ``out`` (a dask task).
+
+    Each block reads just its input (with the halo its tiles need) and is written once, at its
+    place in ``out`` (and ``probabilities_out``); the pixels equal :func:`predict_tiled`'s.
+    ``z`` is 0 for a 2-D image.
+    """
+    check_model(model)
+    shape = check_image(image)
+    dev = resolve_device(device)
+    tile, batch = check_tiling(model, tile_size, batch_size, overlap)
+    norm = check_normalization(normalization)
+    if norm is None:
+        raise ValueError("predict_blocks needs the normalization of the whole image")
+    check_out(out, shape, int(model.n_classes))
+    if probabilities_out is not None:
+        check_out(probabilities_out, (int(model.n_classes), *shape), 0, "probabilities_out")
+    with inference_model(model, dev) as net:
+        engine = Engine(
+            net,
+            image,
+            dev,
+            amp=bool(amp),
+            tile_size=tile,
+            batch_size=batch,
+            overlap=overlap,
+            norm=norm,
+            tta=bool(tta),
+            out=out,
+            probs_out=probabilities_out,
+            progress=None,
+            block_size=(shape[-2], shape[-1]),
+            blocks=list(blocks),
+        )
+        engine.run()
+    if (warning := engine.nonfinite_warning()) is not None:
+        warnings.warn(warning, stacklevel=2)
