@@ -17,6 +17,7 @@ import numpy as np
 from . import CLIError
 from ._common import (
     THREADS_HELP,
+    VOLUME_HELP,
     Progress,
     SliceSelection,
     add_device_argument,
@@ -30,6 +31,7 @@ from ._common import (
 from ._outputs import locked_outputs, save_or_rescue
 from ._predict_plan import Job, mapped, outputs, plan, result_info, zarr_outputs
 from ._zarr_out import ZarrOutputs
+from .objects import add_object_arguments
 
 SUMMARY = "segment a stack with a trained checkpoint (headless)"
 
@@ -48,6 +50,7 @@ examples:
   napari-unet predict --model model.pt --image stack.tif --out seg.tif
   napari-unet predict --model model.pt --image big.tif --out seg.zarr --probabilities
   napari-unet predict --model isbi.pt --image train-volume.tif --slices 20-29 --tta
+  napari-unet predict --model isbi.pt --image train-volume.tif --objects cell --out cells.tif
   napari-unet predict --model model.pt --image stack.tif --out seg.zarr \\
       --scheduler tcp://10.0.0.5:8786
 
@@ -61,13 +64,15 @@ and must see the image and checkpoint (and a zarr output folder) at the same pat
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_subcommand(sub, "predict", run, SUMMARY, DESCRIPTION, EPILOG)
     p.add_argument("--model", required=True, metavar="MODEL.pt", help="a napari-unet checkpoint")
-    p.add_argument("--image", required=True, metavar="STACK.tif", help="the EM stack (TIFF)")
+    p.add_argument("--image", required=True, metavar="STACK", help=f"the EM stack: {VOLUME_HELP}")
     p.add_argument(
         "--out",
         metavar="OUT.tif|OUT.zarr",
-        help="output file: .tif/.tiff (in memory) or .zarr (slice by slice, any size); "
+        help="output file: .tif/.tiff (in memory) or .zarr (slice by slice, any size; "
+        ".ome.zarr: OME-NGFF labels with class names and colours, inside the image when it "
+        "names an existing OME-Zarr image); "
         "default STACK_prediction.tif in the current folder (.zarr when the result is larger "
-        "than --max-memory)",
+        "than --max-memory; STACK_prediction.ome.zarr for an OME-Zarr image)",
     )
     p.add_argument(
         "--probabilities",
@@ -115,6 +120,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    g = p.add_argument_group(
+        "objects", "--objects CLASS writes the instances of CLASS to --out (uint32) and "
+        "OUT.csv beside it, instead of the class map (see napari-unet objects)",
+    )  # fmt: skip
+    g.add_argument("--objects", metavar="CLASS", help="a class name or number 1..K")
+    add_object_arguments(g)
 
 
 # --------------------------------------------------------------------------- here
@@ -239,14 +250,63 @@ def _predict(job: Job, model: Any) -> tuple[Any, Any, ZarrOutputs | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "objects", None) is not None:
+        return _run_objects(args)
+    return _run(args)[0]
+
+
+def _run_objects(args: argparse.Namespace) -> int:
+    """Predict the probabilities into a hidden zarr beside ``--out``, then the objects step."""
+    import copy
+    import shutil
+
     from ..checkpoint import load_checkpoint
-    from ..io import DEFAULT_MEMORY_BUDGET, read_tiff
+    from ._common import open_zarr
+    from ._outputs import prepare_output
+    from .objects import Source, choose, csv_path, write_objects
+
+    if args.probabilities or args.resume:
+        raise CLIError(
+            "--objects writes the objects only: for probabilities or --resume, predict first, "
+            "then run napari-unet objects on the result"
+        )
+    out = Path(args.out or f"{Path(args.image).stem}_objects.tif")
+    if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise CLIError(f"--out {out}: the name must end with .tif, .tiff or .zarr")
+    model, _ = load_checkpoint(args.model)
+    probe = Source(np.zeros((int(model.n_classes), 1, 1), np.float32), "probabilities", (1, 1))
+    choose(probe, args.objects, args.model, args)  # a bad class or option fails before work
+    prepare_output(out, "--out", overwrite=args.overwrite, folder_ok=out.suffix == ".zarr")
+    prepare_output(csv_path(out), "objects CSV", overwrite=args.overwrite)
+    hidden = out.parent / f".{out.name}.predict"
+    shutil.rmtree(hidden, ignore_errors=True)
+    hidden.mkdir()
+    inner = copy.copy(args)
+    inner.objects, inner.probabilities, inner.overwrite = None, True, True
+    inner.out = str(hidden / "prediction.zarr")
+    try:
+        status, job = _run(inner)
+        if status != 0:
+            return status
+        probs = open_zarr(Path(job.prob_out), "probabilities")
+        src = Source(probs, "probabilities", tuple(job.td.scale), job.td.unit)
+        cls, params, name = choose(src, args.objects, args.model, args)
+        return write_objects(
+            src, cls, params, name, out, overwrite=args.overwrite, quiet=args.quiet
+        )
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> tuple[int, Job]:
+    from ..checkpoint import load_checkpoint
+    from ._common import open_image
 
     device = check_device(args.device, here=args.scheduler is None)
     if not args.max_memory > 0:
         raise CLIError(f"--max-memory must be > 0, got {args.max_memory}")
     model, meta = load_checkpoint(args.model)
-    td = read_tiff(args.image, as_labels=False, memory_budget=DEFAULT_MEMORY_BUDGET)
+    td = open_image(args.image, "image")  # TIFF, OME-Zarr, zarr, N5, HDF5
     job = plan(args, td, model, meta, device)
     if not args.quiet:
         print(
@@ -276,4 +336,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {job.out}{mapping} in {time.perf_counter() - t0:.1f} s", flush=True)
         if job.prob_out is not None:
             print(f"wrote {job.prob_out}", flush=True)
-    return status
+    return status, job
