@@ -1,7 +1,10 @@
 """7 Export: masks, probabilities and the model, written atomically by :mod:`napari_unet.writers`.
 
-Masks as labels TIFF (and PNGs), probabilities as an ImageJ TIFF or zarr, the model as a
-checkpoint; a worker writes each under its lock file, errors name the path and become notifications.
+Masks as labels TIFF (and PNGs) or OME-NGFF labels (:mod:`napari_unet.ngff_labels`),
+probabilities as an ImageJ TIFF or zarr, the model as a
+checkpoint and as a bioimage.io package (:mod:`napari_unet.bioimageio_export`, its test input
+cut from the slice on screen); a worker writes each under its lock file, errors name the path
+and become notifications.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..bioimageio_export import bioimageio_missing
 from ..io import InvalidImageError
 from ..writers import (
     write_mask_tiff,
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 
 #: one export step: its target, what to call in the worker, and how to word what it wrote
 Task = tuple[Path, Callable[[], Any], Callable[[Any], str]]
+#: the mask formats offered, and the file name ending of each
+MASK_FORMATS = {"TIFF": ".tif", "OME-Zarr labels (.ome.zarr)": ".ome.zarr"}
 
 
 class ExportError(InvalidImageError):
@@ -54,6 +60,24 @@ def _save_model(path: Path, model: Any, metadata: dict[str, Any]) -> Path:
     from ..checkpoint import save_checkpoint
 
     return save_checkpoint(path, model, **metadata)
+
+
+def _save_bioimageio(
+    path: Path, model: Any, metadata: dict[str, Any], image: Any, z: int | None, name: str
+) -> Path:
+    from ..bioimageio_export import PackageInfo, export_bioimageio
+
+    return export_bioimageio(path, model, metadata, image, PackageInfo(name=name, z=z))
+
+
+def _save_ngff(path: Path, data: Any, tag: str, scale: tuple[float, ...], classes: Any) -> Path:
+    from ..ngff_labels import write_ngff_labels
+
+    names, colors = classes
+    unit = "pixel" if all(s == 1.0 for s in scale) else "um"
+    return write_ngff_labels(
+        path, data, name=tag, scale=scale, unit=unit, class_names=names, colors=colors
+    )
 
 
 def _failed(path: Path, exc: BaseException) -> ExportError:
@@ -131,6 +155,13 @@ class ExportWidget(UNetWidget):
         self.what.addItems(["training labels", "prediction", "both"])
         self.what.setCurrentText("both")
         form.addRow("Masks", self.what)
+        self.mask_fmt = QComboBox()
+        self.mask_fmt.addItems(list(MASK_FORMATS))
+        self.mask_fmt.setToolTip(
+            "TIFF: Fiji-readable multipage TIFF; OME-Zarr: OME-NGFF labels with the class "
+            "names, colours and pixel size (napari-ome-zarr, Fiji/MoBIE, webKnossos)"
+        )
+        form.addRow("Masks as", self.mask_fmt)
         self.png = QCheckBox("also one PNG per slice")
         form.addRow(self.png)
         self.probs_fmt = QComboBox()
@@ -142,6 +173,15 @@ class ExportWidget(UNetWidget):
         form.addRow(prow)
         self.model = QCheckBox("model checkpoint (.pt)")
         form.addRow(self.model)
+        self.bioimageio = QCheckBox("model as bioimage.io package (.zip)")
+        self.bioimageio.setToolTip(
+            "for ilastik, deepImageJ, QuPath, BiaPy and bioimage.io: weights, the U-Net's code, "
+            "a test crop of the slice on screen, the normalisation and class names"
+        )
+        if (missing := bioimageio_missing()) is not None:
+            self.bioimageio.setEnabled(False)
+            self.bioimageio.setToolTip(missing)
+        form.addRow(self.bioimageio)
         frow, self.folder, self.folder_btn = path_row("output folder")
         form.addRow("Folder", frow)
         self.base = QLineEdit()
@@ -226,8 +266,14 @@ class ExportWidget(UNetWidget):
                 self.error(f"not exported: {problem}")
                 return None
             scale = tuple(float(s) for s in layer.scale)
-            path = folder / f"{prefix}_{tag}.tif"
-            tasks.append((path, partial(write_mask_tiff, path, layer.data, scale), str))
+            ending = MASK_FORMATS[self.mask_fmt.currentText()]
+            path = folder / f"{prefix}_{tag}{ending}"
+            if ending == ".tif":
+                tasks.append((path, partial(write_mask_tiff, path, layer.data, scale), str))
+            else:
+                classes = (list(self.state.class_names), list(self.state.class_colors))
+                write = partial(_save_ngff, path, layer.data, tag, scale, classes)
+                tasks.append((path, write, lambda p: f"{p} (OME-NGFF labels)"))
             if self.png.isChecked():
                 pngs = folder / f"{prefix}_{tag}_png"
                 tasks.append((pngs, partial(write_pngs, pngs, layer.data), _pngs_written(pngs)))
@@ -261,7 +307,30 @@ class ExportWidget(UNetWidget):
             path = folder / f"{prefix}_unet.pt"
             metadata = dict(self.state.metadata)
             tasks.append((path, partial(_save_model, path, self.state.model, metadata), str))
+        if self.bioimageio.isChecked():
+            task = self._bioimageio_task(folder, prefix)
+            if task is None:
+                return None
+            tasks.append(task)
         return tasks
+
+    def _bioimageio_task(self, folder: Path, prefix: str) -> Task | None:
+        """The bioimage.io package of the model in memory, tested on the slice on screen."""
+        if self.state.model is None:
+            self.error("no model in memory to export: train one in '4 Train'")
+            return None
+        image = self.state.image_layer
+        data, z = None, None
+        if image is not None:
+            data = image.data[0] if getattr(image, "multiscale", False) else image.data
+            if len(data.shape) == 3:  # the slice on screen, in the layer's own indices
+                z = round(float(image.world_to_data(self.viewer.dims.point)[0]))
+                z = min(max(z, 0), int(data.shape[0]) - 1)
+        path = folder / f"{prefix}_bioimageio.zip"
+        write = partial(
+            _save_bioimageio, path, self.state.model, dict(self.state.metadata), data, z, prefix
+        )
+        return (path, write, lambda p: f"{p} (bioimage.io model)")
 
     def _tasks(self, folder: Path) -> list[Task] | None:
         """Everything ticked that can be written (None after saying what is missing)."""
