@@ -2,13 +2,14 @@
 
 Runs the real workflow in a real napari window (under Xvfb when there is no
 display: ``xvfb-run -a python docs/make_screenshots.py`` or let the script
-start PyVirtualDisplay): open the synthetic sample, dock the seven widgets,
-paint three slices, preview the augmentation and the weight map, train the
-small preset briefly on the CPU, predict, accept a slice -- and grab the whole
-window after each step:
+start PyVirtualDisplay): open the synthetic sample in a 1500 x 950 window, dock
+the seven widgets as ``napari-unet`` does (one tab group, vertical tabs:
+:mod:`napari_unet._qt._dock_layout`), paint three slices, preview the
+augmentation and the weight map, train the small preset briefly on the CPU,
+predict, accept a slice, open Export -- and grab the whole window after each step:
 
     annotate.png augmentation.png weightmap.png training.png
-    prediction.png correction.png main.png
+    prediction.png correction.png export.png main.png
 
     python docs/make_screenshots.py [--out docs/images] [--iterations 40]
 """
@@ -60,17 +61,17 @@ class _Session:
     def __init__(self, out: Path) -> None:
         import napari
 
-        from napari_unet._qt import open_all_widgets
+        from napari_unet._qt._dock_layout import open_docks
 
         self.out = out
         self.tmp = Path(tempfile.mkdtemp(prefix="napari-unet-shots-"))
         os.environ.setdefault("NAPARI_UNET_AUTOSAVE_DIR", str(self.tmp / "autosave"))
         self.viewer = napari.Viewer(title="napari-unet")
         self.win = self.viewer.window._qt_window
-        self.win.resize(1600, 1000)
+        self.win.resize(1500, 950)  # the size the README's layout is checked at
         self.viewer.open_sample("napari-unet", "synthetic_em")
         self.truth = self.viewer.layers["synthetic EM ground truth"].data
-        self.widgets = open_all_widgets(self.viewer)
+        self.widgets = open_docks(self.viewer)
 
     def wait(self, done: Callable[[], bool] = lambda: False, timeout: float = 1.0) -> None:
         from qtpy.QtCore import QEventLoop, QTimer
@@ -186,6 +187,12 @@ def _train_predict_correct(s: _Session, labels: Any, iterations: int) -> None:
     s.only("synthetic EM", labels.name)
     s.viewer.layers.selection.active = labels
     s.shot("correction.png")
+    ex = s.widgets["export"]
+    s.show_tab(ex)
+    ex.what.setCurrentText("prediction")
+    ex.bioimageio.setChecked(ex.bioimageio.isEnabled())
+    ex.folder.setText(str(s.tmp / "export"))
+    s.shot("export.png")
 
 
 def _run(out: Path, iterations: int) -> None:

@@ -20,7 +20,7 @@ def test_widget_docks(make_napari_viewer, name: str) -> None:
     assert dock(viewer, name) is widget
 
 
-def test_manifest_lists_the_seven_widgets() -> None:
+def test_manifest_lists_the_eight_widgets() -> None:
     from npe2 import PluginManager
 
     pm = PluginManager.instance()
@@ -59,6 +59,7 @@ def test_u_net_submenu_in_layers_segment(make_napari_viewer) -> None:
         "napari-unet.predict",
         "napari-unet.correct",
         "napari-unet.export",
+        "napari-unet.objects",
     ]
 
 

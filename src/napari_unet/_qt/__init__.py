@@ -2,7 +2,7 @@
 
 Thin widgets over the Qt-free core: they read layers, call the core in
 ``napari.qt.threading`` workers, and turn the results into layers, progress
-bars, plots and notifications.  The seven docks of one viewer share a
+bars, plots and notifications.  The eight docks of one viewer share a
 :class:`~napari_unet._qt._state.UNetState` (layers, classes, augmentation,
 model in memory).
 """
@@ -26,6 +26,7 @@ DOCK_KEYS: tuple[str, ...] = (
     "predict",
     "correct",
     "export",
+    "objects",
 )
 
 
@@ -47,7 +48,7 @@ __all__ = ["WIDGETS", "open_all_widgets"]
 
 
 def open_all_widgets(viewer: napari.Viewer) -> dict[str, QWidget]:
-    """Dock the seven napari-unet widgets, tabified in one dock area, Annotate in front.
+    """Dock the eight napari-unet widgets, tabified in one dock area, Annotate in front.
 
     Returns
     -------

@@ -1,5 +1,7 @@
 """``napari-unet [gui]``: open napari with a stack (default: the synthetic sample) and the docks.
 
+The docks form one tab group with a vertical tab bar (:mod:`napari_unet._qt._dock_layout`).
+
 The files are checked before Qt starts, so a bad path is one line on stderr.
 """
 
@@ -28,10 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import read_tiff
+    from ._common import open_image
 
-    image = read_tiff(args.image) if args.image else None
-    labels = read_tiff(args.labels, as_labels=True) if args.labels else None
+    image = open_image(args.image, as_labels=None) if args.image else None
+    labels = open_image(args.labels, "--labels", as_labels=True) if args.labels else None
     if image is not None and labels is not None:
         from ..io import check_same_shape
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import napari
 
     from .._napari.reader import layer_data_from_tiff
-    from .._qt import open_all_widgets
+    from .._qt._dock_layout import open_docks
 
     viewer = napari.Viewer(title="napari-unet")
     if image is None:
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             data, meta, kind = layer_data_from_tiff(td, as_labels=as_labels)
             getattr(viewer, f"add_{kind}")(data, **meta)
-    open_all_widgets(viewer)
+    open_docks(viewer)  # one tab group, every title readable (vertical tabs)
     if args.screenshot:
         from qtpy.QtCore import QTimer
 
