@@ -718,8 +718,21 @@ Reproduce: `python -m benchmarks.bench_evaluation` (full, about
 GPU one), `--quick` for a 1-minute smoke run, `--only a,b`, `--minutes M`.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text + kept_sections(path))
     return path
+
+
+def kept_sections(path: Path) -> str:
+    """The sections other benchmarks generate into the page (``<!-- section:NAME -->`` ...
+    ``<!-- /section:NAME -->``, e.g. bench_losses'), read from ``path``, so a re-render keeps them."""
+    import re
+
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    found = re.finditer(r"<!-- section:([\w-]+) -->.*?<!-- /section:\1 -->", old, re.DOTALL)
+    return "".join(f"\n{m.group(0)}\n" for m in found)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_unet.losses import combined_loss, soft_dice_loss, weighted_cross_entropy
+from napari_unet.losses import (
+    LOSS_MODES,
+    combined_loss,
+    soft_dice_loss,
+    soft_jaccard_loss,
+    uses_pixel_weights,
+    weighted_cross_entropy,
+)
 
 ALL_LOSSES = [
     lambda lo, t, w: weighted_cross_entropy(lo, t, w),
@@ -17,6 +24,9 @@ ALL_LOSSES = [
     lambda lo, t, w: combined_loss(lo, t, w, mode="wce"),
     lambda lo, t, w: combined_loss(lo, t, w, mode="dice"),
     lambda lo, t, w: combined_loss(lo, t, w, mode="wce+dice"),
+    lambda lo, t, w: soft_jaccard_loss(lo, t),
+    lambda lo, t, w: combined_loss(lo, t, w, mode="jaccard"),
+    lambda lo, t, w: combined_loss(lo, t, w, mode="wce+jaccard"),
 ]
 
 
@@ -87,12 +97,72 @@ def test_soft_dice_hand_values():
     assert soft_dice_loss(uniform3, target, eps=0.0).item() == pytest.approx(expected3, rel=1e-6)
 
 
+def test_soft_jaccard_hand_values():
+    # perfect, confident prediction of both classes -> loss ~ 0 (also with the default eps)
+    target = torch.tensor([[[1, 1], [2, 0]]])
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 0][target[0] == 1] = 50
+    logits[0, 1][target[0] == 2] = 50
+    assert soft_jaccard_loss(logits, target, eps=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_jaccard_loss(logits, target).item() == pytest.approx(0.0, abs=1e-6)
+    # uniform prediction: class 1: inter 1, p_sum 1.5, g_sum 2 -> 1 / 2.5; class 2: 0.5 / 2
+    uniform = torch.zeros(1, 2, 2, 2)
+    expected = 1 - (1 / 2.5 + 0.5 / 2) / 2
+    assert soft_jaccard_loss(uniform, target, eps=0.0).item() == pytest.approx(expected, rel=1e-6)
+    # an absent class (3) is not averaged in: inter 2/3 | 1/3, union 3 - 2/3 | 2 - 1/3
+    uniform3 = torch.zeros(1, 3, 2, 2)
+    expected3 = 1 - ((2 / 3) / (3 - 2 / 3) + (1 / 3) / (2 - 1 / 3)) / 2
+    assert soft_jaccard_loss(uniform3, target, eps=0.0).item() == pytest.approx(expected3)
+    # Jaccard J and Dice D of one class: J = D / (2 - D)
+    one = torch.tensor([[[1, 1, 1, 2]]])
+    lo = torch.randn(1, 2, 1, 4, generator=torch.Generator().manual_seed(0))
+    p = torch.softmax(lo, 1)[0, 0, 0]
+    g = (one[0, 0] == 1).float()
+    dice = 2 * (p * g).sum() / (p.sum() + g.sum())
+    jac = (p * g).sum() / (p.sum() + g.sum() - (p * g).sum())
+    torch.testing.assert_close(jac, dice / (2 - dice))
+    with pytest.raises(ValueError, match="eps"):
+        soft_jaccard_loss(logits, target, eps=-1)
+
+
 def test_combined_is_sum():
     logits, target, weight = _data(seed=2)
     torch.testing.assert_close(
         combined_loss(logits, target, weight),
         weighted_cross_entropy(logits, target, weight) + soft_dice_loss(logits, target),
     )
+    torch.testing.assert_close(
+        combined_loss(logits, target, weight, mode="wce+jaccard"),
+        weighted_cross_entropy(logits, target, weight) + soft_jaccard_loss(logits, target),
+    )
+    torch.testing.assert_close(
+        combined_loss(logits, target, weight, mode="jaccard"), soft_jaccard_loss(logits, target)
+    )
+    # only the modes with a cross-entropy term use the pixel weights
+    assert [m for m in LOSS_MODES if uses_pixel_weights(m)] == ["wce", "wce+dice", "wce+jaccard"]
+    for mode in LOSS_MODES:
+        heavy = combined_loss(logits, target, weight * 7, mode=mode)
+        same = torch.allclose(heavy, combined_loss(logits, target, weight, mode=mode))
+        assert same != uses_pixel_weights(mode), mode
+
+
+def test_jaccard_loss_trains_a_minority_class():
+    """Minimising the soft Jaccard loss of free logits reaches the labels (loss -> ~0)."""
+    g = torch.Generator().manual_seed(7)
+    target = torch.ones(1, 16, 16, dtype=torch.long)
+    target[0, 5:8, 5:9] = 2  # a small "mitochondrion", 12 of 256 pixels
+    target[0, 0, :] = 0  # an unlabelled row
+    logits = torch.randn(1, 2, 16, 16, generator=g).requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.3)
+    first = float(soft_jaccard_loss(logits.detach(), target))
+    for _ in range(150):
+        opt.zero_grad()
+        loss = soft_jaccard_loss(logits, target)
+        loss.backward()
+        opt.step()
+    assert first > 0.3 and float(loss.detach()) < 0.02
+    pred = logits.argmax(1)[0] + 1
+    assert torch.equal(pred[1:], target[0, 1:])
 
 
 @pytest.mark.parametrize("loss", ALL_LOSSES)

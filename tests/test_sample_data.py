@@ -11,7 +11,15 @@ import h5py
 import numpy as np
 import pytest
 
-from napari_unet.sample_data import CELL, MEMBRANE, MITOCHONDRION, load_isbi2012, synthetic_em
+from napari_unet.sample_data import (
+    CELL,
+    MEMBRANE,
+    MITOCHONDRION,
+    MITOCHONDRION_CLASS,
+    SAMPLE_CLASSES,
+    load_isbi2012,
+    synthetic_em,
+)
 
 
 def test_deterministic_for_a_seed() -> None:
@@ -46,6 +54,43 @@ def test_2d_and_mitochondria_class() -> None:
     assert img.shape == (128, 128)
     assert MITOCHONDRION in lab
     assert img[lab == MITOCHONDRION].mean() < img[lab == CELL].mean()
+
+
+def test_class_layouts_and_mitochondria_instances() -> None:
+    shape, seed = (3, 128, 128), 4
+    base_img, base_lab = synthetic_em(shape, seed=seed)
+    img, lab, mito = synthetic_em(
+        shape, seed=seed, classes="membranes+mitochondria", return_mitochondria=True
+    )
+    # the image is the same; only the labels of the mitochondria change
+    np.testing.assert_array_equal(img, base_img)
+    np.testing.assert_array_equal(lab == MEMBRANE, base_lab == MEMBRANE)
+    assert set(np.unique(lab)) == {MEMBRANE, CELL, MITOCHONDRION}
+    np.testing.assert_array_equal(mito > 0, lab == MITOCHONDRION)
+    # the older spelling gives the same labels
+    np.testing.assert_array_equal(synthetic_em(shape, seed=seed, mitochondria_class=True)[1], lab)
+    # one id per mitochondrion through the stack: most ids are in every slice
+    ids = np.unique(mito[mito > 0])
+    assert len(ids) >= 3
+    in_all = [i for i in ids if all((mito[z] == i).any() for z in range(shape[0]))]
+    assert len(in_all) >= len(ids) // 2
+    # the two-class mitochondria task: 1 = background, 2 = mitochondrion
+    _, lab2 = synthetic_em(shape, seed=seed, classes="mitochondria")
+    assert SAMPLE_CLASSES["mitochondria"] == ("background", "mitochondria")
+    assert MITOCHONDRION_CLASS["mitochondria"] == 2
+    np.testing.assert_array_equal(lab2 == 2, lab == MITOCHONDRION)
+    np.testing.assert_array_equal(lab2 == 1, lab != MITOCHONDRION)
+    # a minority class, as in real EM
+    assert 0.005 < (lab2 == 2).mean() < 0.2
+
+
+def test_class_layout_errors() -> None:
+    with pytest.raises(ValueError, match="classes must be one of"):
+        synthetic_em((32, 32), classes="nuclei")
+    with pytest.raises(ValueError, match="needs mitochondria"):
+        synthetic_em((32, 32), classes="mitochondria", mitochondria=False)
+    with pytest.raises(ValueError, match="contradicts"):
+        synthetic_em((32, 32), classes="membranes", mitochondria_class=True)
 
 
 def test_bad_shape() -> None:

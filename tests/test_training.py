@@ -505,6 +505,10 @@ def test_errors(stack):
         ("learning_rate", -1.0, "learning_rate"),
         ("label_oversampling", 1.5, "label_oversampling"),
         ("lr_schedule", "step", "lr_schedule"),
+        ("lr_period", 1, "lr_period"),
+        ("min_learning_rate", 0.0, "min_learning_rate"),
+        ("min_learning_rate", 0.01, "min_learning_rate 0.01 is above learning_rate"),
+        ("loss", "iou", "loss must be one of"),
         ("class_weights", "inverse", "class_weights"),
         ("patch_size", 4, "patch_size"),
         ("val_every", 0, "val_every"),
@@ -684,3 +688,58 @@ def test_training_process_runs_the_trainer_with_live_labels(stack, tmp_path):
     _, meta = load_checkpoint(tmp_path / "m.pt")
     assert meta["iterations"] == 40
     assert process.process.exitcode == 0
+
+
+# --------------------------------------------------------------------------- learning-rate schedules
+
+
+def test_schedule_values() -> None:
+    from napari_unet.training.schedule import learning_rate
+
+    def lrs(**kw: Any) -> np.ndarray:
+        cfg = TrainConfig(**{"iterations": 1000, "learning_rate": 1e-3, **kw}).validate()
+        return np.array([learning_rate(cfg, i, 0.0) for i in range(1000)])
+
+    # cyclic: warm-up (20 steps) up to the minimum, then triangles min -> max -> min every 100
+    cyc = lrs(lr_schedule="cyclic", min_learning_rate=1e-4, lr_period=100)
+    np.testing.assert_allclose(cyc[:20], 1e-4 * np.arange(1, 21) / 21)
+    np.testing.assert_allclose(cyc[[20, 70, 120, 170, 920]], [1e-4, 1e-3, 1e-4, 1e-3, 1e-4])
+    np.testing.assert_allclose(cyc[[45, 95, 145]], 5.5e-4)
+    assert cyc[20:].min() == pytest.approx(1e-4) and cyc[20:].max() == pytest.approx(1e-3)
+    assert np.all(np.diff(cyc[20:71]) > 0) and np.all(np.diff(cyc[70:121]) < 0)
+    # without min_learning_rate the lowest rate is 5 % of the rate
+    assert lrs(lr_schedule="cyclic")[20] == pytest.approx(5e-5)
+    # constant: the rate after the warm-up
+    const = lrs(lr_schedule="constant")
+    np.testing.assert_allclose(const[20:], 1e-3)
+    np.testing.assert_allclose(const[:20], 1e-3 * np.arange(1, 21) / 21)
+    # cosine: from the rate down to the minimum (default 5 %), monotone
+    cos = lrs()
+    assert cos[20] == pytest.approx(1e-3) and cos[-1] == pytest.approx(5e-5, rel=1e-3)
+    assert np.all(np.diff(cos[20:]) <= 0)
+    assert lrs(min_learning_rate=1e-5)[-1] == pytest.approx(1e-5, rel=1e-2)
+
+
+def test_cyclic_jaccard_run_uses_the_schedule(stack) -> None:
+    """A real run: the Iteration events carry the cyclic rates, the Jaccard loss trains."""
+    from napari_unet.training.schedule import learning_rate
+
+    image, truth = stack
+    labels = np.zeros_like(truth)
+    labels[0], labels[1] = truth[0], truth[1]
+    cfg = config(
+        iterations=24,
+        loss="wce+jaccard",
+        lr_schedule="cyclic",
+        min_learning_rate=1e-4,
+        learning_rate=2e-3,
+        lr_period=8,
+        warmup_iterations=0,
+    )
+    events = run_all(Trainer(image, labels, cfg, model=tiny_net()))
+    its = [e for e in events if isinstance(e, Iteration)]
+    assert [e.lr for e in its] == pytest.approx([learning_rate(cfg, i, 0.0) for i in range(24)])
+    assert [e.lr for e in its][:5] == pytest.approx([1e-4, 5.75e-4, 1.05e-3, 1.525e-3, 2e-3])
+    loss = losses_of(events)
+    assert all(np.isfinite(loss))
+    assert np.mean(loss[-6:]) < np.mean(loss[:6])

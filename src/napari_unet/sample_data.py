@@ -1,6 +1,9 @@
 """Sample data: a synthetic EM-like stack with exact labels (demo and test fixture), and ISBI 2012.
 
-Labels follow napari-unet's convention: 1 = membrane, 2 = cell (3 = mitochondrion if asked).
+Labels follow napari-unet's convention: 1 = membrane, 2 = cell (3 = mitochondrion if asked);
+``classes="mitochondria"`` gives the two-class mitochondria task instead (1 = background,
+2 = mitochondrion), and ``return_mitochondria=True`` the mitochondrion instances (the same id
+through the stack) for per-object scores.
 """
 
 from __future__ import annotations
@@ -19,6 +22,18 @@ MEMBRANE = 1
 CELL = 2
 MITOCHONDRION = 3
 CLASS_NAMES = DEFAULT_CLASS_NAMES
+
+#: the sample's class layouts: ``classes=`` -> the names of classes 1..K
+SAMPLE_CLASSES: dict[str, tuple[str, ...]] = {
+    "membranes": DEFAULT_CLASS_NAMES,
+    "membranes+mitochondria": (*DEFAULT_CLASS_NAMES, "mitochondrion"),
+    "mitochondria": ("background", "mitochondria"),
+}
+#: the mitochondrion's class value in each layout
+MITOCHONDRION_CLASS: dict[str, int] = {
+    "membranes+mitochondria": MITOCHONDRION,
+    "mitochondria": 2,
+}
 
 #: The EMBL copy of the ISBI 2012 training set (HDF5, as used by torch-em).
 ISBI_URL = "https://oc.embl.de/index.php/s/h0TkwqxU0PJDdMd/download"
@@ -56,8 +71,12 @@ def _paint_mitochondria(
     thick_field: np.ndarray,
     pts: np.ndarray,
     mito: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    mito_ids: np.ndarray,
 ) -> None:
-    """Dark textured ellipses inside some cells, off the membranes (and class 3 in ``lab``)."""
+    """Dark textured ellipses inside some cells, off the membranes (and class 3 in ``lab``).
+
+    ``mito_ids`` gets mitochondrion ``k``'s id ``k + 1`` on its pixels.
+    """
     ny, nx = img.shape
     seeds, shapes, angles, offsets = mito
     for k, cell in enumerate(seeds):
@@ -80,6 +99,7 @@ def _paint_mitochondria(
             continue
         cristae = 0.06 * np.sin(2.2 * u * np.pi * 2)
         img[y0:y1, x0:x1][inside] = (0.36 + cristae)[inside]
+        mito_ids[y0:y1, x0:x1][inside] = k + 1
         if lab is not None:
             lab[y0:y1, x0:x1][inside] = MITOCHONDRION
 
@@ -104,8 +124,8 @@ def _section(
     mito: tuple[np.ndarray, ...] | None,
     pts: np.ndarray,
     mitochondria_class: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One section: the uint8 image, its labels and its cell ids (0 on membranes)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One section: the uint8 image, its labels, its cell ids (0 on membranes), its mitochondria ids."""
     border, inst = cells
     membrane = border < thick_field
     inst[membrane] = 0
@@ -115,13 +135,14 @@ def _section(
     img = 0.68 + 0.05 * texture
     edge = np.clip(1.0 - border / (thick_field + 1.0), 0.0, 1.0)
     img = img - 0.45 * edge**1.5
+    mito_ids = np.zeros(border.shape, np.int32)
     if mito is not None:
         paint_labels = lab if mitochondria_class else None
-        _paint_mitochondria(img, paint_labels, inst, border, thick_field, pts, mito)
+        _paint_mitochondria(img, paint_labels, inst, border, thick_field, pts, mito, mito_ids)
     img = img * illum
     img = ndimage.gaussian_filter(img, 0.8)
     img = img + rng.normal(0, noise, size=img.shape)
-    return np.clip(img * 255.0, 0, 255).astype(np.uint8), lab, inst
+    return np.clip(img * 255.0, 0, 255).astype(np.uint8), lab, inst, mito_ids
 
 
 def synthetic_em(
@@ -133,6 +154,8 @@ def synthetic_em(
     mitochondria_class: bool = False,
     noise: float = 0.08,
     return_instances: bool = False,
+    classes: str | None = None,
+    return_mitochondria: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Make a synthetic EM-like stack and its exact ground truth.
 
@@ -152,23 +175,34 @@ def synthetic_em(
     mitochondria
         Add dark textured mitochondria-like blobs inside some cells.
     mitochondria_class
-        Label mitochondria as class 3 instead of "cell".
+        Label mitochondria as class 3 instead of "cell" (the same as
+        ``classes="membranes+mitochondria"``).
     noise
         Standard deviation of the additive noise (image range 0..1).
     return_instances
         Also return the cell instance ids (0 on membranes).
+    classes
+        A key of ``SAMPLE_CLASSES``: ``"membranes"`` (1 = membrane, 2 = cell; the
+        default), ``"membranes+mitochondria"`` (3 = mitochondrion) or
+        ``"mitochondria"`` (1 = background, 2 = mitochondrion: the two-class
+        mitochondria task, named as the Annotate preset).
+    return_mitochondria
+        Also return the mitochondrion instance ids (0 elsewhere; one id per
+        mitochondrion through the whole stack, it moves with its cell).
 
     Returns
     -------
     image : uint8 array of ``shape``
-    labels : uint8 array of ``shape``; 1 = membrane, 2 = cell (3 = mitochondrion)
+    labels : uint8 array of ``shape`` with the values of ``classes``
     instances : int32 array of ``shape`` (only with ``return_instances``)
+    mitochondria : int32 array of ``shape`` (only with ``return_mitochondria``)
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise ValueError(f"shape must be (Y, X) or (Z, Y, X) with positive sizes, got {shape}")
     if cell_size <= 2:
         raise ValueError(f"cell_size must be larger than 2 pixels, got {cell_size}")
+    layout = _class_layout(classes, mitochondria, mitochondria_class)
     squeeze = len(shape) == 2
     nz, ny, nx = (1, *shape) if squeeze else shape
     rng = np.random.default_rng(seed)
@@ -186,6 +220,7 @@ def synthetic_em(
     image = np.empty((nz, ny, nx), np.uint8)
     labels = np.empty((nz, ny, nx), np.uint8)
     instances = np.empty((nz, ny, nx), np.int32)
+    mito_ids = np.empty((nz, ny, nx), np.int32)
     mito = _draw_mitochondria(rng, n_cells, cell_size)  # drawn always: the rest stays the same
     if not mitochondria:
         mito = None
@@ -194,15 +229,31 @@ def synthetic_em(
         pts[:, 0] %= ny
         pts[:, 1] %= nx
         cells = _voronoi_cells(pts, pix, (ny, nx))
-        image[z], labels[z], instances[z] = _section(
-            rng, cells, thick_field, illum, noise, mito, pts, mitochondria_class
+        image[z], labels[z], instances[z], mito_ids[z] = _section(
+            rng, cells, thick_field, illum, noise, mito, pts, layout != "membranes"
         )
 
-    if squeeze:
-        image, labels, instances = image[0], labels[0], instances[0]
+    if layout == "mitochondria":
+        labels = np.where(labels == MITOCHONDRION, 2, 1).astype(np.uint8)
+    out = [image, labels]
     if return_instances:
-        return image, labels, instances
-    return image, labels
+        out.append(instances)
+    if return_mitochondria:
+        out.append(mito_ids)
+    return tuple(a[0] for a in out) if squeeze else tuple(out)
+
+
+def _class_layout(classes: str | None, mitochondria: bool, mitochondria_class: bool) -> str:
+    """The checked ``classes`` key (``mitochondria_class`` is the older spelling)."""
+    if classes is None:
+        return "membranes+mitochondria" if mitochondria_class else "membranes"
+    if classes not in SAMPLE_CLASSES:
+        raise ValueError(f"classes must be one of {', '.join(SAMPLE_CLASSES)}, got {classes!r}")
+    if mitochondria_class and classes == "membranes":
+        raise ValueError('mitochondria_class=True contradicts classes="membranes"')
+    if classes != "membranes" and not mitochondria:
+        raise ValueError(f"classes={classes!r} needs mitochondria=True")
+    return classes
 
 
 # --------------------------------------------------------------------------- ISBI 2012

@@ -18,6 +18,7 @@ from ..slices import format_slices
 from . import CLIError
 from ._common import (
     THREADS_HELP,
+    VOLUME_HELP,
     Progress,
     add_device_argument,
     add_slices_argument,
@@ -63,15 +64,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..losses import LOSS_MODES
     from ..model import PRESETS
     from ..training import TrainConfig
+    from ..training.schedule import LR_SCHEDULES
 
     cfg = TrainConfig()
     p = add_subcommand(sub, "train", run, SUMMARY, DESCRIPTION, EPILOG)
-    p.add_argument("--image", required=True, metavar="STACK.tif", help="the EM stack (TIFF)")
+    p.add_argument("--image", required=True, metavar="STACK", help=f"the EM stack: {VOLUME_HELP}")
     p.add_argument(
         "--labels",
         required=True,
         metavar="LABELS.tif",
-        help="labels of the same shape (TIFF): 0 = unlabelled, 1..K = classes (see --dense)",
+        help="labels of the same shape (any --image format): 0 = unlabelled, 1..K = classes (see --dense)",
     )
     add_slices_argument(p, "--slices", "train only on these slices; labels elsewhere are ignored")
     p.add_argument(
@@ -102,9 +104,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         (p, "--patch-size", positive_int, "PX",
          f"input patch side in pixels (default {_patch_default(cfg.patch_size)})"),
         (p, "--lr", positive_float, "RATE", f"peak learning rate (default {cfg.learning_rate:g})"),
+        (p, "--min-lr", positive_float, "RATE",
+         "lowest learning rate of the cosine and cyclic schedules (default 5%% of --lr)"),
+        (p, "--lr-period", positive_int, "N",
+         f"iterations of one cycle of the cyclic schedule (default {cfg.lr_period})"),
     )  # fmt: skip
     for group, flag, kind, metavar, text in numbers:
         group.add_argument(flag, type=kind, metavar=metavar, help=text)
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help=f"learning-rate schedule after the warm-up (default {cfg.lr_schedule}; cyclic: "
+        "triangular between --min-lr and --lr)",
+    )
     add_device_argument(p, cfg.device)
     p.add_argument(
         "--out",
@@ -156,10 +168,11 @@ def _split_names(text: str | None) -> list[str] | None:
 
 def _read_pair(image_path: str, labels_path: str) -> tuple[Any, Any, bool]:
     """The image and labels as ``(Z, H, W)`` arrays of the same shape, and whether they were 2D."""
-    from ..io import check_same_shape, read_tiff
+    from ..io import check_same_shape
+    from ._common import open_image
 
-    img = read_tiff(image_path, as_labels=False)
-    lab = read_tiff(labels_path, as_labels=True)
+    img = open_image(image_path, "--image")  # TIFF, OME-Zarr, zarr, N5, HDF5
+    lab = open_image(labels_path, "--labels", as_labels=True)
     check_same_shape(lab.shape, img.shape)
     if len(img.shape) == 2:
         return img.data[None], lab.data[None], True
@@ -305,6 +318,9 @@ def _config(
         "batch_size": args.batch_size,
         "patch_size": args.patch_size,
         "learning_rate": args.lr,
+        "lr_schedule": args.lr_schedule,
+        "min_learning_rate": args.min_lr,
+        "lr_period": args.lr_period,
         "num_threads": args.threads,
     }
     overrides.update({k: v for k, v in options.items() if v is not None})

@@ -43,7 +43,7 @@ class TrainConfig:
     model : {"small", "paper"}, default "small"
         Architecture preset (:meth:`napari_unet.model.UNet.preset`), used when no
         model is given to :class:`Trainer`.
-    loss : {"wce", "dice", "wce+dice"}, default "wce+dice"
+    loss : {"wce", "dice", "wce+dice", "jaccard", "wce+jaccard"}, default "wce+dice"
         See :func:`napari_unet.losses.combined_loss`.
     patch_size : int or None, default None
         Side of the square *input* patch.  ``None``: for a same-padded net (the
@@ -58,12 +58,20 @@ class TrainConfig:
     max_minutes : float or None, default None
         Wall-clock limit; training stops at whichever limit comes first.
     learning_rate : float, default 2e-3
-        Peak learning rate of AdamW.
+        Peak learning rate of AdamW (the top of the cyclic schedule).
     weight_decay : float, default 1e-4
         AdamW's decoupled weight decay.
-    lr_schedule : {"cosine", "constant"}, default "cosine"
-        ``"cosine"`` decays from ``learning_rate`` to 5 % of it over the run (the
-        progress is the larger of the iteration and the elapsed-time fractions).
+    lr_schedule : {"cosine", "constant", "cyclic"}, default "cosine"
+        ``"cosine"`` decays from ``learning_rate`` to ``min_learning_rate`` over
+        the run (the progress is the larger of the iteration and the elapsed-time
+        fractions); ``"cyclic"`` is triangular between ``min_learning_rate`` and
+        ``learning_rate`` with a period of ``lr_period`` iterations
+        (:func:`napari_unet.training.schedule.learning_rate`).
+    min_learning_rate : float or None, default None
+        The lowest rate of the cosine and cyclic schedules (at most
+        ``learning_rate``); ``None`` = 5 % of ``learning_rate``.
+    lr_period : int, default 200
+        Iterations of one cycle of the cyclic schedule (minimum -> maximum -> minimum).
     warmup_iterations : int, default 20
         Linear learning-rate warm-up at the start of the run (the trainer uses
         at most 10 % of ``iterations``); the schedule starts after it.
@@ -130,6 +138,10 @@ class TrainConfig:
     learning_rate: float = bounded(2e-3, kind="float", low=0, low_open=True)
     weight_decay: float = bounded(1e-4, kind="float", low=0)
     lr_schedule: str = bounded("cosine", kind="choice", choices=LR_SCHEDULES)
+    min_learning_rate: float | None = bounded(
+        None, kind="float", low=0, low_open=True, optional=True
+    )
+    lr_period: int = bounded(200, kind="int", low=2)
     warmup_iterations: int = bounded(20, kind="int", low=0)
     grad_clip: float | None = bounded(5.0, kind="float", low=0, low_open=True, optional=True)
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -254,6 +266,15 @@ def _check_limit(cfg: TrainConfig) -> None:
     )
 
 
+def _check_learning_rates(cfg: TrainConfig) -> None:
+    low = cfg.min_learning_rate
+    if low is not None:
+        _need(
+            low <= cfg.learning_rate,
+            f"min_learning_rate {low:g} is above learning_rate {cfg.learning_rate:g}",
+        )
+
+
 def _check_augmentation(cfg: TrainConfig) -> None:
     _need(
         isinstance(cfg.augmentation, Augmentation),
@@ -326,6 +347,7 @@ def _check_path_and_device(cfg: TrainConfig) -> None:
 
 _RULES = (
     _check_limit,
+    _check_learning_rates,
     _check_augmentation,
     _check_class_weights,
     _check_classes,

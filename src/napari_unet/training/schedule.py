@@ -18,13 +18,15 @@ __all__ = [
     "PREVIEW_BUDGET",
     "RunClock",
     "learning_rate",
+    "min_learning_rate",
     "preview_interval",
     "validation_interval",
     "warmup_iterations",
 ]
 
-LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
-#: the cosine schedule decays to this fraction of the learning rate
+LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant", "cyclic")
+#: the cosine schedule decays to, and the cyclic one starts from, this fraction of the learning
+#: rate when ``min_learning_rate`` is None
 FINAL_LR_FRACTION = 0.05
 #: steps in a row with a NaN/inf loss or gradient after which training stops
 MAX_SKIPPED_STEPS = 5
@@ -56,25 +58,51 @@ def validation_interval(val_every: int, iterations: int | None) -> int:
     return min(int(val_every), max(1, int(iterations) // _VALIDATIONS_PER_RUN))
 
 
+def min_learning_rate(config: Any) -> float:
+    """The lowest rate of the cosine and cyclic schedules: ``min_learning_rate``, else 5 %."""
+    low = config.min_learning_rate
+    return float(low) if low is not None else FINAL_LR_FRACTION * float(config.learning_rate)
+
+
 def learning_rate(config: Any, iteration: int, elapsed_s: float) -> float:
     """Learning rate of step ``iteration`` (0-based): linear warm-up, then the schedule.
 
-    The cosine schedule's progress is the larger of the iteration and the
-    elapsed-time (``max_minutes``) fractions.
+    - ``"constant"``: ``learning_rate``.
+    - ``"cosine"``: from ``learning_rate`` down to :func:`min_learning_rate`; its
+      progress is the larger of the iteration and the elapsed-time
+      (``max_minutes``) fractions.
+    - ``"cyclic"``: triangular (Smith 2017) between :func:`min_learning_rate` and
+      ``learning_rate``: up from the minimum for half of ``lr_period`` iterations,
+      down for the other half, again and again (iterations count from the end of
+      the warm-up); a run of whole periods ends at the minimum.
+
+    The warm-up ramps linearly to the schedule's first value.
     """
-    base = float(config.learning_rate)
     warmup = warmup_iterations(config)
     if iteration < warmup:
-        return base * (iteration + 1) / (warmup + 1)
+        first = (
+            min_learning_rate(config) if config.lr_schedule == "cyclic" else config.learning_rate
+        )
+        return float(first) * (iteration + 1) / (warmup + 1)
+    return _scheduled(config, iteration, warmup, elapsed_s)
+
+
+def _scheduled(config: Any, iteration: int, warmup: int, elapsed_s: float) -> float:
+    """The schedule's rate at ``iteration`` (``>= warmup``), warm-up aside."""
+    base = float(config.learning_rate)
     if config.lr_schedule == "constant":
         return base
+    lo = min_learning_rate(config)
+    if config.lr_schedule == "cyclic":
+        period = int(config.lr_period)
+        phase = ((iteration - warmup) % period) / period  # 0..1 through one cycle
+        return lo + (base - lo) * (1.0 - abs(2.0 * phase - 1.0))
     fractions = []
     if config.iterations is not None:
         fractions.append((iteration - warmup) / max(1, config.iterations - warmup))
     if config.max_minutes is not None:
         fractions.append(elapsed_s / (60.0 * config.max_minutes))
     progress = min(1.0, max(fractions))
-    lo = FINAL_LR_FRACTION * base
     return lo + 0.5 * (base - lo) * (1.0 + math.cos(math.pi * progress))
 
 

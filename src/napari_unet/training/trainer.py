@@ -19,6 +19,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..checks import is_int
 from ..devices import describe_device
+from ..losses import uses_pixel_weights
 from ..model import UNet
 from . import events as ev
 from .config import TrainConfig, unknown_fields
@@ -271,7 +272,7 @@ class Trainer:
             patch=self.patch_size,
             out_size=int(self.model.output_size(self.input_size)),
             normalization=self._input_norm,
-            class_lut=live.class_lut if self.config.loss != "dice" else None,
+            class_lut=live.class_lut if uses_pixel_weights(self.config.loss) else None,
             oversampling=self.config.label_oversampling,
         )
         batch = sample_batch([live.slices[z] for z in sorted(live.slices)], rng, spec)

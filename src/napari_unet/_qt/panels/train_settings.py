@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...augment import INTENSITY_FIELDS, Augmentation
+from ...fields import field_bounds
 from ...slices import SLICES_HELP, format_slices
 from .._common import parse_slice_ranges
 from .._widgets import check_box, field_spin, form_layout, set_choices
@@ -29,7 +30,17 @@ LOSS_TEXT = {
     "wce+dice": "weighted cross-entropy + Dice",
     "wce": "weighted cross-entropy (paper)",
     "dice": "Dice",
+    "jaccard": "Jaccard (soft IoU)",
+    "wce+jaccard": "weighted cross-entropy + Jaccard",
 }
+SCHEDULE_TEXT = {
+    "cosine": "cosine decay",
+    "constant": "constant",
+    "cyclic": "cyclic (triangular)",
+}
+#: the schedules that use the lowest learning rate, and those with a period
+_USES_MIN_LR = ("cosine", "cyclic")
+_USES_PERIOD = ("cyclic",)
 
 
 #: TrainConfig fields the window fills in at start from the viewer and the machine (the
@@ -113,7 +124,9 @@ class TrainSettings(QWidget):
         limits.addWidget(self.minutes, 1)
         form.addRow("Iterations", limits)
         self.lr = QLineEdit()
+        self.lr.setToolTip("peak learning rate (the top of the cyclic schedule)")
         form.addRow("Learning rate", self.lr)
+        self._schedule_rows(cls, form)
         self.augment = check_box("augment (settings in '2 Preview augmentation')")
         form.addRow(self.augment)
         self.aug_summary = QLabel("")
@@ -142,6 +155,40 @@ class TrainSettings(QWidget):
         self.loss_combo.currentIndexChanged.connect(self.edited)
         self.device.currentIndexChanged.connect(self.edited)
         self.lr.editingFinished.connect(self.edited)
+        self.schedule.currentIndexChanged.connect(self._show_schedule_fields)
+        self.schedule.currentIndexChanged.connect(self.edited)
+        self.min_lr.editingFinished.connect(self.edited)
+        self.period.valueChanged.connect(self.edited)
+
+    def _schedule_rows(self, cls: Any, form: Any) -> None:
+        """The schedule's choice (from the field bounds), its lowest rate and its period."""
+        self.schedule = QComboBox()
+        set_choices(self.schedule, field_bounds(cls)["lr_schedule"].choices, SCHEDULE_TEXT)
+        form.addRow("LR schedule", self.schedule)
+        self.min_lr = QLineEdit()
+        self.min_lr.setPlaceholderText("auto: 5 % of the rate")
+        self.min_lr.setToolTip("the lowest learning rate of the cosine and cyclic schedules")
+        self.min_lr_label = QLabel("lowest")
+        self.period = field_spin(cls, "lr_period", step=50)
+        self.period.setSuffix(" it")
+        self.period.setToolTip("iterations of one cycle: lowest -> learning rate -> lowest")
+        self.period_label = QLabel("period")
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        for w in (self.min_lr_label, self.min_lr, self.period_label, self.period):
+            row.addWidget(w)
+        self.schedule_box = QWidget()
+        self.schedule_box.setLayout(row)
+        form.addRow("", self.schedule_box)
+
+    def _show_schedule_fields(self) -> None:
+        """The lowest rate only where the schedule uses it, the period only for cyclic."""
+        kind = self.schedule.currentData()
+        for w in (self.min_lr_label, self.min_lr):
+            w.setVisible(kind in _USES_MIN_LR)
+        for w in (self.period_label, self.period):
+            w.setVisible(kind in _USES_PERIOD)
+        self.schedule_box.setVisible(kind in _USES_MIN_LR or kind in _USES_PERIOD)
         self.val_edit.editingFinished.connect(self.edited)
 
     def display(self, config: Any) -> None:
@@ -155,6 +202,12 @@ class TrainSettings(QWidget):
             self.minutes.set_field(config.max_minutes)
             if _number(self.lr.text()) != config.learning_rate:
                 self.lr.setText(f"{config.learning_rate:g}")
+            self.schedule.setCurrentIndex(max(self.schedule.findData(config.lr_schedule), 0))
+            self._show_schedule_fields()
+            low, text = config.min_learning_rate, self.min_lr.text().strip()
+            if (_number(text) != low) if text else (low is not None):
+                self.min_lr.setText("" if low is None else f"{low:g}")
+            self.period.set_field(config.lr_period)
             if parse_slice_ranges(self.val_edit.text()) != sorted(config.val_slices or []):
                 self.val_edit.setText(format_slices(config.val_slices or []))
             self.device.setCurrentIndex(max(self.device.findData(config.device), 0))
@@ -173,6 +226,9 @@ class TrainSettings(QWidget):
         val = parse_slice_ranges(self.val_edit.text(), n_slices)
         return {
             "loss": self.loss_combo.currentData(),
+            "lr_schedule": self.schedule.currentData(),
+            "min_learning_rate": _optional_number(self.min_lr.text(), "lowest learning rate"),
+            "lr_period": self.period.field(),
             "patch_size": self.patch.field(),
             "batch_size": self.batch.field(),
             "iterations": self.iterations.field(),
@@ -190,3 +246,13 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+def _optional_number(text: str, what: str) -> float | None:
+    """``None`` for a blank field, else its number (a ValueError naming ``what`` if it is none)."""
+    if not text.strip():
+        return None
+    value = _number(text)
+    if value is None:
+        raise ValueError(f"{what} {text!r} is not a number (e.g. 1e-5) nor blank (auto)")
+    return value
