@@ -9,8 +9,12 @@ painted with the truth.  Per configuration:
   iterations (and their ratio to the headless run), click -> first iteration, click -> first
   preview overlay, a brush stroke on the viewed slice -> the trainer's ``LabelsChanged`` (seconds
   and iterations) -> the first preview after it, and a 10 ms ``QTimer`` heartbeat on the GUI
-  thread (p99 / max gap: how long the GUI could not react);
+  thread (p50 / p99 / max gap: how long the GUI could not react) and the passes over the window
+  (each a composite of the whole window with napari's canvas: its cost is measured too);
 * then Predict of every slice, with the heartbeat.
+
+A second window run with training threads = 1 (``--threads default,1``, the default) shows what the
+thread setting costs; ``summary`` is the short table (both phases).
 
     python benchmarks/bench_gui.py [--quick] [--minutes M] [--threads default,1]
 """
@@ -31,10 +35,18 @@ from typing import Any
 import numpy as np
 
 try:
-    from benchmarks._common import ISBI_DIR, isbi_available, machine, peak_rss_mib, report
+    from benchmarks._common import (
+        ISBI_DIR,
+        format_table,
+        isbi_available,
+        machine,
+        peak_rss_mib,
+        report,
+    )
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     from _common import (  # type: ignore[no-redef]
         ISBI_DIR,
+        format_table,
         isbi_available,
         machine,
         peak_rss_mib,
@@ -80,8 +92,34 @@ def virtual_display() -> Iterator[str]:
         proc.wait(10)
 
 
+class WindowPasses:
+    """Counts the main window's paint passes (``UpdateRequest``: one composite of the window each)."""
+
+    def __init__(self, window: Any) -> None:
+        from qtpy.QtCore import QEvent, QObject
+
+        kind = QEvent.Type.UpdateRequest
+
+        class _Filter(QObject):
+            count = 0
+
+            def eventFilter(self, obj: Any, event: Any) -> bool:  # Qt's name
+                if event.type() == kind:
+                    self.count += 1
+                return False
+
+        self._filter = _Filter()
+        window.installEventFilter(self._filter)  # the window's own events only: cheap
+
+    @property
+    def count(self) -> int:
+        return self._filter.count
+
+
 class Heartbeat:
-    """Timestamps of a 10 ms QTimer on the GUI thread."""
+    """Timestamps of a 10 ms QTimer on the GUI thread (and the window passes meanwhile)."""
+
+    passes: WindowPasses | None = None  # set once the window exists
 
     def __init__(self, interval_ms: int = 10) -> None:
         from qtpy.QtCore import QTimer
@@ -90,9 +128,11 @@ class Heartbeat:
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self._passes0 = 0
 
     def start(self) -> None:
         self.ticks = [time.perf_counter()]
+        self._passes0 = self.passes.count if self.passes is not None else 0
         self.timer.start()
 
     def stop(self) -> dict[str, float]:
@@ -100,13 +140,37 @@ class Heartbeat:
         self.ticks.append(time.perf_counter())
         gaps = np.diff(np.asarray(self.ticks)) * 1000.0
         nan = float("nan")
-        return {
+        out = {
             "heartbeats": len(gaps),
+            "p50_gap_ms": float(np.median(gaps)) if gaps.size else nan,
             "p99_gap_ms": float(np.percentile(gaps, 99)) if gaps.size else nan,
             "max_gap_ms": float(gaps.max()) if gaps.size else nan,
-            "median_gap_ms": float(np.median(gaps)) if gaps.size else nan,
             "gaps_over_100ms": int(np.count_nonzero(gaps > 100.0)),
         }
+        if self.passes is not None:
+            seconds = max(self.ticks[-1] - self.ticks[0], 1e-9)
+            out["window_passes_per_s"] = (self.passes.count - self._passes0) / seconds
+        return out
+
+
+def _redraw_cost(w: dict[str, Any], n: int = 10) -> dict[str, Any]:
+    """What one pass over the window costs: the median of ``n`` synchronous repaints of the
+    Train dock's progress bar (a small widget: the whole window is composited) and of the canvas."""
+    bar = w["train"].progress
+    canvas = w["viewer"].window._qt_viewer.canvas
+    out: dict[str, Any] = {"phase": "window: redraw cost (idle)"}
+    for key, draw in (("bar_repaint_ms", bar.repaint), ("canvas_redraw_ms", None)):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            if draw is not None:
+                draw()
+            else:
+                canvas.native.repaint()
+            times.append(1000 * (time.perf_counter() - t0))
+            _wait(lambda: False, 0.05)
+        out[key] = float(np.median(times))
+    return out
 
 
 def _wait(done: Callable[[], bool], timeout: float) -> float:
@@ -345,10 +409,12 @@ def _window_rows(
         _wait(lambda: not any(w[k].busy(j) for k in ("train", "predict") for j in ready), 120)
         _show_dock(w["annotate"])  # where the user paints
         _wait(lambda: False, 3.0)  # let the first draws settle
+        Heartbeat.passes = WindowPasses(w["viewer"].window._qt_window)
         hb = Heartbeat()
         hb.start()
         _wait(lambda: False, 3.0)
         rows.append({"phase": "window: idle (baseline)", **hb.stop()})
+        rows.append(_redraw_cost(w))
         for i, t in enumerate(threads):
             if i:  # an edit (as Correct's accept makes) readies the next training process
                 tr.state.mark_labels_edited([0])
@@ -359,7 +425,14 @@ def _window_rows(
     return rows
 
 
-def run(quick: bool = False, minutes: float = 2.0, threads: str = "default") -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The short table: per phase the iterations (and their ratio) and the heartbeat."""
+    keys = ("phase", "iterations", "ratio_to_headless", "p50_gap_ms", "p99_gap_ms", "max_gap_ms")
+    keys += ("window_passes_per_s", "cpu_other_s")
+    return [{k: row[k] for k in keys if k in row} for row in rows if "redraw" not in row["phase"]]
+
+
+def run(quick: bool = False, minutes: float = 2.0, threads: str = "default,1") -> dict[str, Any]:
     limit: dict[str, float] = {"iterations": 20} if quick else {"minutes": minutes}
     tmp = Path(tempfile.mkdtemp(prefix="bench_gui_"))
     try:
@@ -375,6 +448,7 @@ def run(quick: bool = False, minutes: float = 2.0, threads: str = "default") -> 
     what = f"{limit['minutes']:g} min" if "minutes" in limit else f"{limit['iterations']} it"
     return {
         "name": "gui",
+        "summary": _summary(rows),
         "rows": rows,
         "machine": machine(),
         "peak_rss_mib": peak_rss_mib(),
@@ -389,7 +463,11 @@ def run(quick: bool = False, minutes: float = 2.0, threads: str = "default") -> 
             f"stroke on the viewed slice {VIEWED} ~20 s into the run -> the trainer's LabelsChanged "
             "-> the next preview of that slice. cpu_own_s: CPU time of this benchmark and its "
             "processes; cpu_other_s: of everything else on the machine meanwhile (a shared "
-            "machine: rows with a large cpu_other_s were slowed by others)."
+            "machine: rows with a large cpu_other_s were slowed by others). window_passes_per_s: "
+            "paint passes of the main window (each composites the whole window with the canvas); "
+            "redraw cost: median synchronous repaint of a small widget (the progress bar) and of "
+            "the canvas, idle. The threads-1 row sets the Train dock's CPU threads to 1 (its "
+            "ratio is to the same headless run, all threads)."
         ),
     }
 
@@ -399,10 +477,10 @@ def _arg(argv: list[str], flag: str, default: str) -> str:
 
 
 if __name__ == "__main__":
-    report(
-        run(
-            quick="--quick" in sys.argv,
-            minutes=float(_arg(sys.argv, "--minutes", "2")),
-            threads=_arg(sys.argv, "--threads", "default"),
-        )
+    result = run(
+        quick="--quick" in sys.argv,
+        minutes=float(_arg(sys.argv, "--minutes", "2")),
+        threads=_arg(sys.argv, "--threads", "default,1"),
     )
+    report(result)
+    print(format_table(result["summary"]))

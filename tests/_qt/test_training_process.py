@@ -80,7 +80,9 @@ def test_closing_the_viewer_mid_training_leaves_nothing_running(viewer_with_stac
     qtbot.waitUntil(lambda: tr.run.run_label.text() != "", timeout=60_000)  # in the first step
     t0 = time.perf_counter()
     viewer.close()  # returns once the training process and its relay thread have ended
-    assert time.perf_counter() - t0 < 2.5
+    # not a speed goal (~1.2 s on a quiet machine; more on shared cores): it did not wait out
+    # the jobs' 10 s shutdown timeout
+    assert time.perf_counter() - t0 < 8.0
     assert job.worker.done.is_set()
     assert _no_child_left(process)
     assert not multiprocessing.active_children()  # the warm spare too

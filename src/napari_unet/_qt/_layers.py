@@ -1,6 +1,7 @@
 """Facts about napari layers that several docks need, and how class labels are shown.
 
-Where an image came from, which slices a paint event touched, the class colours of a labels layer.
+Where an image came from, which slices a paint event (or an undo/redo) touched, the class colours of
+a labels layer.
 """
 
 from __future__ import annotations
@@ -50,6 +51,38 @@ def paint_slices(event: Any, ndim: int) -> set[int]:
     for atom in getattr(event, "value", None) or ():
         zs |= atom_slices(atom, ndim)
     return zs
+
+
+class HistoryWatch:
+    """The slices an undo or redo of a Labels layer rewrote: napari emits no ``paint`` event for
+    them, only ``set_data`` (as for any refresh); the history stacks tell which item moved."""
+
+    def __init__(self) -> None:
+        self._lengths = (0, 0)
+
+    def reset(self, layer: Any) -> None:
+        self._lengths = self._stacks(layer)
+
+    @staticmethod
+    def _stacks(layer: Any) -> tuple[int, int]:
+        undo, redo = getattr(layer, "_undo_history", ()), getattr(layer, "_redo_history", ())
+        return len(undo), len(redo)
+
+    def moved(self, layer: Any) -> set[int]:
+        """The z indices of the history item undone or redone since the last call (O(1) when
+        none was: call it on every ``set_data``)."""
+        before, self._lengths = self._lengths, self._stacks(layer)
+        (n_undo, n_redo), (was_undo, was_redo) = self._lengths, before
+        if n_redo > was_redo:  # an undo moved the item onto the redo stack
+            item = layer._redo_history[-1]
+        elif n_redo < was_redo and n_undo >= was_undo:  # a redo moved it back
+            item = layer._undo_history[-1] if n_undo else ()
+        else:
+            return set()
+        zs: set[int] = set()
+        for atom in item:
+            zs |= atom_slices(atom, layer.ndim)
+        return zs
 
 
 def style_labels(layer: Labels, names: Sequence[str], colors: Sequence[str]) -> None:

@@ -103,16 +103,31 @@ def _zarr_array(reuse: Any, folder: str, name: str, shape: tuple[int, ...], dtyp
     )
 
 
-def _outputs(req: PredictRequest, n_classes: int) -> Outputs:
-    """Worker: the zarr arrays to stream into (the storage rule applied to each result)."""
+def _wanted(req: PredictRequest, n_classes: int) -> list[tuple[str, tuple[int, ...], Any, bool]]:
+    """(name, shape, dtype, on disk) of each result of the run: the storage rule applied."""
     shape = tuple(int(n) for n in req.image.shape)
     wanted = [("prediction", shape, label_dtype(n_classes))]
     if req.probabilities:
         wanted.append(("probabilities", (n_classes, *shape), np.dtype(np.float32)))
-    arrays: list[Any] = [None, None]
-    for i, (name, ashape, dtype) in enumerate(wanted):
+    out = []
+    for name, ashape, dtype in wanted:
         nbytes = int(np.prod(ashape)) * dtype.itemsize
-        if req.folder and _on_disk(req.storage, req.lazy, nbytes):
+        out.append(
+            (name, ashape, dtype, bool(req.folder) and _on_disk(req.storage, req.lazy, nbytes))
+        )
+    return out
+
+
+def in_memory(req: PredictRequest, n_classes: int) -> bool:
+    """Whether every result of ``req`` stays in memory (the GUI makes its arrays at once)."""
+    return not any(disk for *_, disk in _wanted(req, n_classes))
+
+
+def _outputs(req: PredictRequest, n_classes: int) -> Outputs:
+    """Worker: the zarr arrays to stream into (the storage rule applied to each result)."""
+    arrays: list[Any] = [None, None]
+    for i, (name, ashape, dtype, disk) in enumerate(_wanted(req, n_classes)):
+        if disk:
             arrays[i] = _zarr_array(req.reuse[i], req.folder, name, ashape, dtype)
     return Outputs(n_classes, *arrays)
 
@@ -257,8 +272,10 @@ def predict_job(req: PredictRequest, cancel: threading.Event) -> Iterator[Any]:
         if out.labels is not None:
             out.labels[index] = labels
             labels = None
+        if probs is not None:
+            probs = probs.astype(np.float32, copy=False)  # here, not on the GUI thread
         if out.probabilities is not None:
-            out.probabilities[(slice(None), index)] = probs.astype(np.float32, copy=False)
+            out.probabilities[(slice(None), index)] = probs
             probs = None
         yield SliceDone(int(z), labels, probs, i + 1)
     if (report := _nonfinite_report(bad, len(req.slices), hw)) is not None:

@@ -2,6 +2,12 @@
 
 A worker (:mod:`._predict_job`) normalises the stack as the training stack was and predicts slice
 by slice; results go into the "<image> prediction" layer, in memory or streamed to a temporary zarr.
+
+The GUI thread's share of a run is bounded: the layers are made when Predict is pressed, a finished
+slice is a copy into the layer's array (or nothing: the worker wrote the zarr), and the display (the
+dock's progress bar; a layer only when the slice it shows was predicted) is updated in one pass at most
+every :data:`DISPLAY_MS`: each redraw of a window holding napari's OpenGL canvas composites the whole
+window, tens of ms with software OpenGL.
 """
 
 from __future__ import annotations
@@ -38,17 +44,22 @@ from ._predict_job import (
     Outputs,
     PredictRequest,
     SliceDone,
+    in_memory,
     predict_job,
 )
 from ._widgets import UNetWidget
 from ._workers import Job
 from .panels.predict_settings import PredictSettings
+from .panels.run_row import set_value_later
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels
 
 PRED_SUFFIX = " prediction"
+#: while predicting, the progress bar and the layers showing new slices are redrawn at most this
+#: often (milliseconds); a window redraw cost 40-80 ms on 2 shared cores with software OpenGL
+DISPLAY_MS = 2000
 
 
 class PredictWidget(UNetWidget):
@@ -62,7 +73,9 @@ class PredictWidget(UNetWidget):
         self.layer: Labels | None = None
         self.prob_layer: Image | None = None
         self._cancel: threading.Event | None = None
-        self._pbar: Any = None
+        self._stale: set[Any] = set()  # layers whose shown slice was written since their redraw
+        self._prepared: int | None = None  # classes of the in-memory layers made at the click
+        self._new_layers: list[Any] = []  # layers the click added (removed if nothing came)
         self._t0 = 0.0
         self._done = 0
         self._total = 0
@@ -83,7 +96,7 @@ class PredictWidget(UNetWidget):
         self.device, self.tta, self.probs, self.storage = st.device, st.tta, st.probs, st.storage
         self.predict_btn, self.cancel_btn, self.progress = self.add_run_row("Predict", "Cancel")
         self.finish_layout()
-        self._refresh = Throttle(self._refresh_layers, 250, self)
+        self._display = Throttle(self._update_display, DISPLAY_MS, self)
         self.predict_btn.clicked.connect(lambda: self.predict())
         self.cancel_btn.clicked.connect(self.cancel)
         st.source_changed.connect(self._update_model_label)
@@ -166,11 +179,16 @@ class PredictWidget(UNetWidget):
         self._cancel = threading.Event()
         self.progress.setRange(0, self._total)
         self.progress.setValue(0)
-        from napari.utils import progress
-
-        if self._pbar is not None:
-            self._pbar.close()
-        self._pbar = progress(total=self._total, desc="U-Net prediction")
+        self._stale.clear()
+        self.layer = None  # checked again against this run's model
+        self._prepared = None
+        self._new_layers = []
+        if req.model is not None and in_memory(req, int(req.model.n_classes)):
+            # napari's cost of making (or re-filling) the layers lands on the click, not mid-run
+            before = list(self.viewer.layers)
+            self._prepared = int(req.model.n_classes)
+            self._ensure_layers(Outputs(self._prepared, None, None))
+            self._new_layers = [lay for lay in self.viewer.layers if lay not in before]
         job = Job(
             predict_job,
             req,
@@ -180,7 +198,6 @@ class PredictWidget(UNetWidget):
             on_finished=self._on_finished,
             cancel=self._cancel.set,
         )
-        self.layer = None  # checked again against this run's model
         self._t0 = time.perf_counter()
         self.predict_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
@@ -200,7 +217,9 @@ class PredictWidget(UNetWidget):
                 self._meta = dict(item.metadata)
                 self._fill_prob_classes()
             self._outputs = item
-            self._ensure_layers(item)
+            same = (item.n_classes, item.labels, item.probabilities) == (self._prepared, None, None)
+            if not same:  # else the layers made at the click are the ones written
+                self._ensure_layers(item)
         elif isinstance(item, Normalised):
             self._normalised = item
             if item.note:
@@ -287,6 +306,7 @@ class PredictWidget(UNetWidget):
         self.state.probability_layer = self.prob_layer
 
     def _write_slice(self, item: SliceDone) -> None:
+        """A finished slice: a copy into the layer's array at most (zarr: the worker wrote it)."""
         if self._outputs is not None and (
             self.layer is None or self.layer not in self.viewer.layers
         ):
@@ -297,21 +317,49 @@ class PredictWidget(UNetWidget):
             self.layer.data[index] = item.labels
         probs = self.state.probabilities
         if item.probabilities is not None and probs is not None:
-            probs[(slice(None), index)] = item.probabilities.astype(np.float32, copy=False)
+            probs[(slice(None), index)] = item.probabilities
         self.slices_written += 1
         self._done = item.done
-        self.progress.setValue(item.done)
-        if self._pbar is not None:
-            self._pbar.update(1)
-        self._refresh.trigger()
-
-    def _refresh_layers(self) -> None:
         for lay in (self.layer, self.prob_layer):
+            if lay is not None and self._shows(lay, item.z):
+                self._stale.add(lay)
+        self._display.trigger()
+
+    def _shows(self, layer: Any, z: int) -> bool:
+        """Whether ``layer`` now shows slice ``z`` (a redraw would change what is seen)."""
+        if not layer.visible or layer not in self.viewer.layers:
+            return False
+        if layer.ndim < 3 or self.viewer.dims.ndisplay == 3:
+            return True
+        return current_z(self.viewer, layer) == int(z)
+
+    def _update_display(self, final: bool = False) -> None:
+        """The bar and the layers whose shown slice changed, redrawn together (``final``: every
+        layer, with its thumbnail)."""
+        set_value_later(self.progress, self._done)
+        todo = {self.layer, self.prob_layer} if final else set(self._stale)
+        self._stale.clear()
+        for lay in todo:
             if lay is not None and lay in self.viewer.layers:
-                lay.refresh()
+                lay.refresh(thumbnail=final, highlight=final, extent=final)
+
+    def _drop_new_layers(self) -> None:
+        """A run that failed before its first slice leaves no empty layer it made."""
+        new, self._new_layers = self._new_layers, []
+        if self.slices_written:
+            return
+        for lay in new:
+            if lay in self.viewer.layers:
+                self.viewer.layers.remove(lay)
+        if self.layer in new:
+            self.layer = None
+            self.state.set_prediction_layer(None)
+        if self.prob_layer in new:
+            self.prob_layer = self.state.probability_layer = None
 
     def _on_error(self, exc: BaseException) -> None:
         self._outcome = "error"
+        self._drop_new_layers()
         from ..checkpoint import CheckpointError
 
         if isinstance(exc, CheckpointError):
@@ -320,11 +368,7 @@ class PredictWidget(UNetWidget):
             self.error(friendly_error(exc, "prediction failed"))
 
     def _on_finished(self) -> None:
-        self._refresh.flush()
-        self._refresh_layers()
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        self._update_display(final=True)  # a pending throttled call then finds nothing to do
         self.predict_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         dt = time.perf_counter() - self._t0
@@ -338,9 +382,6 @@ class PredictWidget(UNetWidget):
         self.prediction_finished.emit(self._outcome)
 
     def before_shutdown(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
         job = self.job("main")
         if job is not None:
             job.shutdown()

@@ -111,7 +111,7 @@ class TrainWidget(UNetWidget):
         self.layout().addWidget(self.options)
         self.folder_edit, self.folder_btn = self.options.folder_edit, self.options.folder_btn
         self.threads = self.options.threads
-        self.run = TrainingProgress(lambda text: self.info(text, notify=False))
+        self.run = TrainingProgress()
         self.layout().addWidget(self.run)
         self.run_row, self.run_label, self.plot = (
             self.run.run_row,

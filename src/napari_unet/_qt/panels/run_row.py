@@ -1,6 +1,7 @@
 """The run row of a dock (start and stop buttons, a progress bar below) and rows of buttons.
 
-Train and Predict use :class:`RunRow`; :meth:`RunRow.set_running` keeps its buttons consistent.
+Train and Predict use :class:`RunRow`; :meth:`RunRow.set_running` keeps its buttons consistent, and
+:func:`set_value_later` moves a bar without an immediate repaint.
 """
 
 from __future__ import annotations
@@ -40,4 +41,20 @@ class RunRow(QWidget):
         """``total`` None or 0: a busy indicator."""
         self.progress.setRange(0, total or 0)
         if total:
-            self.progress.setValue(min(int(value), int(total)))
+            set_value_later(self.progress, min(int(value), int(total)))
+
+
+def set_value_later(bar: QProgressBar, value: int) -> None:
+    """``bar.setValue(value)`` redrawn with the window's next update, not at once.
+
+    ``QProgressBar.setValue`` repaints synchronously, and each repaint of a window that holds
+    napari's OpenGL canvas composites the whole window (tens of ms with software OpenGL); a
+    deferred update is drawn in the same pass as the other pending ones (a canvas redraw).
+    """
+    if bar.value() == value:
+        return
+    bar.setUpdatesEnabled(False)
+    try:
+        bar.setValue(value)
+    finally:
+        bar.setUpdatesEnabled(True)  # schedules one update() of the bar

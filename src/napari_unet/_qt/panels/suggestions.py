@@ -50,6 +50,8 @@ SHOWN = 20
 RERUN_MS = 800
 #: the uncertainty layer is redrawn at most this often while the maps are written
 REFRESH_MS = 500
+#: the ranking's progress line is redrawn at most this often (milliseconds)
+PROGRESS_MS = 2000
 #: larger uncertainty maps are not kept in memory
 MAX_MAP_BYTES = 2 * 1024**3
 
@@ -110,6 +112,8 @@ class SuggestionPanel(QGroupBox):
         self._build()
         self._rerun = Debounce(self.request, RERUN_MS, self)
         self._refresh = Throttle(self._refresh_layer, REFRESH_MS, self)
+        self._progress_text = ""
+        self._progress = Throttle(self._show_progress, PROGRESS_MS, self)
         self._connect()
         if state.model is not None:
             self.request()
@@ -222,7 +226,8 @@ class SuggestionPanel(QGroupBox):
 
     def _on_yield(self, generation: int, maps: np.ndarray | None, value: Any) -> None:
         if isinstance(value, SuggestProgress):
-            self.summary.setText(f"ranking the unlabelled slices: {value.done}/{value.total}")
+            self._progress_text = f"ranking the unlabelled slices: {value.done}/{value.total}"
+            self._progress.trigger()  # each redraw of the window costs: at most every 2 s
             if maps is not None and maps is self._maps:
                 self._refresh.trigger()
         elif isinstance(value, SuggestResult) and generation == self._generation:
@@ -240,6 +245,10 @@ class SuggestionPanel(QGroupBox):
             self._candidates = set(result.candidates)
             self._publish()
             self._score_unlabelled()
+
+    def _show_progress(self) -> None:
+        if self.running and self._progress_text:
+            self.summary.setText(self._progress_text)
 
     def _on_error(self, exc: BaseException) -> None:
         self.message.emit("error", friendly_error(exc, "ranking the slices to suggest"))
@@ -295,8 +304,14 @@ class SuggestionPanel(QGroupBox):
         if labelled & set(ranking.slices):  # a slice was labelled: it leaves the ranking at once
             kept = [s for s in ranking.scores if s.slice not in labelled]
             self.state.set_suggestions(Ranking(scores=kept, method=ranking.method))
-        if not self.running:
-            self._score_unlabelled()
+        if self.running:  # its result is published against the labelled slices of then
+            return
+        back = self._candidates - labelled - set(ranking.slices)
+        if back and self._known_for is self.state.model and back <= set(self._known):
+            self._publish()  # unlabelled again (undo, erase): back in with the score it had
+        elif back:
+            self._rerun.trigger()
+        self._score_unlabelled()
 
     def _score_unlabelled(self) -> None:
         """Rank again (debounced) when a slice lost its labels after the last ranking."""

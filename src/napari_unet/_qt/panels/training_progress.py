@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtCore import QRectF, Qt, QTimer
+from qtpy.QtGui import QPainter
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from ...training import Iteration, LabelsChanged, TrainingStarted, Validation
 from .plot import CurvePlot
@@ -21,20 +21,50 @@ from .run_row import RunRow
 REFRESH_MS = 2000
 
 
+class LiveLine(QWidget):
+    """Two lines of text drawn by the widget itself: a new text repaints it and nothing else.
+
+    A ``QLabel`` whose text changes asks its layout again; in the dock that cost two more
+    passes over the window (each a composite of the whole window, with napari's canvas).
+    """
+
+    LINES = 2
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._text = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.setFixedHeight(self.fontMetrics().lineSpacing() * self.LINES + 2)
+
+    def text(self) -> str:
+        return self._text
+
+    def setText(self, text: str) -> None:  # as QLabel's
+        if text != self._text:
+            self._text = text
+            self.setToolTip(text)
+            self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        p = QPainter(self)
+        flags = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap
+        p.drawText(QRectF(self.rect()), int(flags), self._text)
+        p.end()
+
+
 class TrainingProgress(QWidget):
-    """Run row (with its progress bar), run description and loss / validation curve.
+    """Run row (with its progress bar), the live line, run description and loss curve.
 
     No napari ``progress``: its status-bar spinner redraws the window ~30 times a second,
     which with software OpenGL costs more than half a core taken from training.
 
-    Events only store what they carry; every 2 s (:data:`REFRESH_MS`) the status line
-    (through ``show_status``), the progress bar and the curve are redrawn together: each
-    redraw of a window holding napari's OpenGL canvas costs CPU (much with software GL).
+    Events only store what they carry; every 2 s (:data:`REFRESH_MS`) the live line, the
+    progress bar and the curve are redrawn together, in one pass over the window: each redraw
+    of a window holding napari's OpenGL canvas costs CPU (tens of ms with software GL).
     """
 
-    def __init__(self, show_status: Callable[[str], None], parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._show_status = show_status
         self._bar_total: int | None = None
         self._bar_counts_seconds = False
         self.latest: dict[str, Any] = {}
@@ -45,6 +75,9 @@ class TrainingProgress(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         self.run_row = RunRow("Start training", "Stop")
         layout.addWidget(self.run_row)
+        #: iteration, loss, speed, time, validation of the running training
+        self.live = LiveLine()
+        layout.addWidget(self.live)
         self.run_label = QLabel("")
         self.run_label.setWordWrap(True)
         layout.addWidget(self.run_label)
@@ -62,6 +95,7 @@ class TrainingProgress(QWidget):
         self._bar_total = int(iterations or math.ceil(seconds or 0)) or None
         self._bar_counts_seconds = not iterations
         self.latest = {}
+        self.live.setText("")
         self.run_label.setText("")
         self.labels_changed_slices = []
         self.iterations_seen = 0
@@ -128,5 +162,5 @@ class TrainingProgress(QWidget):
             text += f" · val mean IoU {d['val'][0]:.3f}"
         if d.get("picked"):
             text += f" · picked up new labels on slice(s) {', '.join(map(str, d['picked']))}"
-        self._show_status(text)
+        self.live.setText(text)
         self.plot.flush()

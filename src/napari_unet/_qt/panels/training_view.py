@@ -79,7 +79,8 @@ class LabelsLink:
 
 
 class PreviewOverlay:
-    """The training preview layer: made once per run, then only its data (and offset) change."""
+    """The training preview layer: made once per run, then only its data (and offset) change
+    (in place when the shape holds: its layer-list thumbnail keeps the first preview)."""
 
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer = viewer
@@ -106,9 +107,17 @@ class PreviewOverlay:
         layer = self.layer
         alive = layer is not None and layer in self._viewer.layers and layer.ndim == data.ndim
         if classes is None and alive:
-            layer.data = data
-            if tuple(layer.translate) != placement["translate"]:
+            moved = tuple(layer.translate) != placement["translate"]
+            if moved:
                 layer.translate = placement["translate"]
+            old = layer.data
+            if isinstance(old, np.ndarray) and (old.shape, old.dtype) == (data.shape, data.dtype):
+                # in place: a canvas redraw only; a new array also redraws the thumbnail in the
+                # layer list (one more pass over the window, tens of ms with software OpenGL)
+                old[...] = data
+                layer.refresh(thumbnail=False, highlight=False, extent=moved)
+            else:
+                layer.data = data
             return layer
         if classes is not None:
             self._classes = (list(classes[0]), list(classes[1]))
