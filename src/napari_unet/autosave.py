@@ -101,9 +101,11 @@ def autosave_path_for(
 
 
 def classes_path(path: str | os.PathLike) -> Path:
-    """The classes sidecar of the autosave ``path``."""
+    """The classes sidecar of the autosave ``path`` (a labels TIFF or a labels store)."""
     path = Path(path)
-    name = path.name[: -len(AUTOSAVE_SUFFIX)] if path.name.endswith(AUTOSAVE_SUFFIX) else path.stem
+    mark = CLASSES_SUFFIX[: -len(".json")]  # also the stem of a labels store ``.zarr``
+    name = path.name
+    name = name[: name.rindex(mark)] if mark + "." in name else path.stem
     return path.with_name(name + CLASSES_SUFFIX)
 
 

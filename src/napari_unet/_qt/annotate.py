@@ -7,8 +7,6 @@ suggests the next slice to correct (:mod:`.panels.suggestions`).
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,24 +18,22 @@ from ..autosave import (
     MAX_CLASSES,
     LabelsAutosave,
     PendingChanges,
-    SaveResult,
-    autosave_path_for,
-    restore_autosave,
 )
 from ..classes import reconcile_classes
 from ..io import InvalidImageError, check_same_shape
+from ..label_store import LabelStore
 from ..labels import label_dtype
+from ._annotate_autosave import AutosaveMixin
 from ._common import (
     Throttle,
     current_z,
     friendly_error,
     n_slices,
     put_layer,
-    sanitize_name,
     set_current_z,
     spatial_kwargs,
 )
-from ._layers import image_source_path, paint_slices, style_labels
+from ._layers import HistoryWatch, paint_slices, style_labels
 from ._state import is_generated, is_source_image
 from ._widgets import LayerCombo, UNetWidget
 from ._workers import Job
@@ -52,12 +48,13 @@ if TYPE_CHECKING:
 _NEW = "new"  # origin of labels created empty (not restored, not adopted)
 
 
-def _autosave_job(autosave: LabelsAutosave, changes: dict[str, Any]) -> Any:
-    """Worker: hash, compress and write what changed (``LabelsAutosave.save_changes``)."""
-    yield autosave.save_changes(**changes)
+def _count_some(labels: Any, zs: list[int], n_classes: int, chunk: int = 4) -> Any:
+    """Worker: :func:`.panels.slice_table.count_values` of slices ``zs``, a few at a time."""
+    for start in range(0, len(zs), chunk):
+        yield {z: count_values(labels, z, n_classes) for z in zs[start : start + chunk]}
 
 
-class AnnotateWidget(UNetWidget):
+class AnnotateWidget(AutosaveMixin, UNetWidget):
     """Create/adopt the training labels, name the classes, track and autosave what is painted."""
 
     def __init__(
@@ -70,7 +67,9 @@ class AnnotateWidget(UNetWidget):
         self._adopted: Labels | None = None
         self._recount = PendingChanges(0)  # slices to count again (``reread``: all)
         self._grow_classes = False  # name the values above the classes once counted
-        self._autosave: LabelsAutosave | None = None  # used by one thread at a time
+        # the TIFF autosave, or the on-disk labels store of a big stack; one thread at a time
+        self._autosave: LabelsAutosave | LabelStore | None = None
+        self._new_store: LabelStore | None = None  # the store create_labels made the next layer in
         self._changes = PendingChanges(0)  # what the next autosave takes
         self._origin: Path | str | None = None  # how create_labels made the next layer
         self.last_saved: Path | None = None
@@ -266,19 +265,6 @@ class AnnotateWidget(UNetWidget):
             raise
         return layer, restored
 
-    def _read_autosave(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, Path | None]:
-        """The autosaved labels (None if there are none or they cannot be used); their classes,
-        validated whole (:func:`napari_unet.autosave.check_classes`), go to the shared state."""
-        path = self.autosave_path()
-        if not (self.restore_check.isChecked() and path is not None and path.exists()):
-            return None, None
-        data, classes, problem = restore_autosave(path, shape)
-        if problem:
-            self.warning(problem)
-        if classes is not None:
-            self.state.set_classes(*classes)
-        return data, (path if data is not None else None)
-
     def _style_labels(self, layer: Labels) -> None:
         style_labels(layer, self.state.class_names, self.state.class_colors)
 
@@ -296,7 +282,7 @@ class AnnotateWidget(UNetWidget):
         if old is layer:
             return
         if old is not None:
-            if self._changes.pending:
+            if self._unsaved():
                 self._save_sync()  # e.g. the layer was deleted or the viewer is closing
             for event, callback in self._layer_events(old):
                 try:
@@ -304,18 +290,25 @@ class AnnotateWidget(UNetWidget):
                 except (TypeError, ValueError, RuntimeError):
                     pass
         origin, self._origin = self._origin, None
+        store, self._new_store = self._new_store, None
+        store = store if store is not None and getattr(layer, "data", None) is store.array else None
         self._adopted = layer
+        self._history = HistoryWatch()  # undo/redo rewrite slices without a paint event
+        self._history.reset(layer)
         self.slices.counts.clear()
         n = n_slices(layer) if layer is not None else 0
-        self._recount = PendingChanges(n, reread=True)
+        self._recount = PendingChanges(n, reread=store is None)
+        if store is not None:  # count only the slices with chunks on disk, in a worker
+            self._recount.mark(store.stored_slices())
         restored = isinstance(origin, Path)
         # adopted or restored labels: the worker reads all their slices at the first autosave
-        self._changes = PendingChanges(n, reread=origin != _NEW)
+        self._changes = PendingChanges(n, reread=origin != _NEW and store is None)
         if layer is None:
             self._autosave = None
             self._refresh_table()
             return
-        self._autosave = LabelsAutosave(layer.data.shape, tuple(float(s) for s in layer.scale))
+        scale = tuple(float(s) for s in layer.scale)
+        self._autosave = store or LabelsAutosave(layer.data.shape, scale)
         named = layer.metadata.get("napari_unet", {}).get("class_names")
         self._grow_classes = restored or (origin is None and not named)
         for event, callback in self._layer_events(layer):
@@ -331,9 +324,11 @@ class AnnotateWidget(UNetWidget):
         self.mark_dirty()
 
     def _on_set_data(self, event: Any = None) -> None:
-        # refresh() after a direct write, undo/redo or a slice change: the shown slice may differ
+        # refresh() after a direct write, undo/redo or a slice change: the shown slice may differ,
+        # and an undo/redo rewrote the slices of its history item
         if self._adopted is not None:
-            self.mark_dirty([current_z(self.viewer, self._adopted)])
+            moved = self._history.moved(self._adopted)
+            self.mark_dirty(sorted({current_z(self.viewer, self._adopted), *moved}))
 
     def mark_dirty(self, slices: Any = None) -> None:
         """The labels changed on ``slices`` (None: unknown ones, e.g. after a scripted write)."""
@@ -351,18 +346,31 @@ class AnnotateWidget(UNetWidget):
         k = len(self.state.class_names)
         everything, zs = self._recount.reread, sorted(self._recount.slices)
         self._recount.clear()
+        if isinstance(self._autosave, LabelStore):  # the store knows every slice written to
+            self._count_in_worker(layer, k, sorted({*zs, *self._autosave.take_touched_slices()}))
+            return
         if not everything:
             for z in zs:
                 self.slices.counts[z] = count_values(layer.data, z, k)
             self._refresh_table()
             return
+        self._count_in_worker(layer, k)
+
+    def _count_in_worker(self, layer: Labels, k: int, zs: list[int] | None = None) -> None:
+        """Count slices ``zs`` (None: all, cancelling a running count) in a worker."""
         if self.busy("stats"):
+            if zs is not None:  # counted after the running count
+                self._recount.mark(zs)
+                self._stats_throttle.trigger()
+                return
             self._jobs["stats"].cancel()
-        self.slices.counts.clear()
+        if zs is None:
+            self.slices.counts.clear()
+        elif not zs:
+            return
+        work = (count_slices, layer.data, k) if zs is None else (_count_some, layer.data, zs, k)
         job = Job(
-            count_slices,
-            layer.data,
-            k,
+            *work,
             on_yield=self._on_counts,
             on_error=lambda e: self.error(friendly_error(e, "counting labelled pixels")),
             on_finished=lambda: setattr(self, "_grow_classes", False),
@@ -404,89 +412,3 @@ class AnnotateWidget(UNetWidget):
             if layer is not None:
                 self._style_labels(layer)
         self._refresh_table()
-
-    # -- autosave ------------------------------------------------------------------------------
-    def autosave_path(self) -> Path | None:
-        image = self.state.image_layer
-        if image is None:
-            return None
-        source, stem = image_source_path(image), sanitize_name(image.name)
-        return autosave_path_for(source, stem, self.autosave_box.folder())
-
-    def set_autosave(
-        self, interval: float | None = None, folder: str | os.PathLike | None = None
-    ) -> None:
-        """Scripting/test hook: change the interval (s) and/or the project folder."""
-        self.autosave_box.configure(interval, folder)
-
-    def _update_autosave_hint(self) -> None:
-        path = self.autosave_path()
-        self.autosave_box.show_target(path, self.last_saved_time)
-        hint = ""
-        if path is not None and self.state.labels_layer is None and path.exists():
-            hint = f"Autosaved labels found: {path.name} (restored on 'Create training labels')"
-            if path not in self._offered:
-                self._offered.add(path)
-                self.info(
-                    f"autosaved labels found for {self.state.image_layer.name!r} ({path}): "
-                    "press 'Create training labels' in '1 Annotate' to restore them"
-                )
-        self.autosave_hint.setText(hint)
-
-    def _take_changes(self, path: Path) -> dict[str, Any]:
-        """GUI thread: copies of the slices painted since the last autosave (only those)."""
-        names, colors = self.state.class_names, self.state.class_colors
-        return self._changes.take(self._adopted.data, path, names, colors)
-
-    def _autosave_tick(self) -> None:
-        path = self.autosave_path()
-        if path is None or self._adopted is None or self._autosave is None:
-            return
-        if not self._changes.pending or self.busy("autosave"):
-            return
-        changes = self._take_changes(path)
-        job = Job(
-            _autosave_job,
-            self._autosave,
-            changes,
-            on_yield=self._on_saved,
-            on_error=self._on_save_error,
-        )
-        self.start_job("autosave", job)
-
-    def _on_saved(self, result: SaveResult) -> None:
-        if result.saved:
-            self.save_count += 1
-            self.last_saved = result.path
-            self.last_saved_time = time.time()
-            self._update_autosave_hint()
-
-    def _on_save_error(self, exc: BaseException) -> None:
-        self._changes.retry()  # the next save reads everything from the layer again
-        self.autosave_box.pause()
-        self.error(
-            friendly_error(exc, "autosave of the labels failed")
-            + " (autosave paused: choose a writable project folder and tick it again)"
-        )
-
-    def save_now(self) -> Path | None:
-        """Save the labels synchronously (GUI thread); return the file written."""
-        return self._save_sync() if self._adopted is not None else None
-
-    def _save_sync(self) -> Path | None:
-        path = self.autosave_path()
-        job = self._jobs.get("autosave")
-        if path is None or self._autosave is None or (job is not None and not job.wait(5.0)):
-            return None
-        try:
-            self._on_saved(self._autosave.save_changes(**self._take_changes(path)))
-        except (InvalidImageError, OSError, ValueError) as exc:
-            self._changes.retry()
-            self.error(friendly_error(exc, "saving the labels failed"))
-            return None
-        return path
-
-    def before_shutdown(self) -> None:
-        self.autosave_box.stop()
-        if self._adopted is not None and self._changes.pending:
-            self._save_sync()
