@@ -1,8 +1,9 @@
 """The annotation loop, measured: a simulated annotator corrects one slice per round, then retrains.
 
-Start with one densely painted slice and train T minutes; then for R rounds pick a slice
+Start with one densely painted slice and train T minutes (or N iterations); then for R rounds pick a slice
 (in order, or the one :func:`napari_unet.suggest.rank_slices` suggests), accept the
-prediction, correct it to the truth and fine-tune T' minutes from the current weights.
+prediction, correct it to the truth and fine-tune T' minutes (or N' iterations) from the current
+weights.
 Effort per round: pixels changed and 4-connected error regions; quality on held-out slices.
 Peers in the same loop: the ilastik-style random forest of ``bench_evaluation`` (b)
 refitted each round, and "no retraining" (correct the first model's predictions).
@@ -10,8 +11,11 @@ refitted each round, and "no retraining" (correct the first model's predictions)
     python -m benchmarks.bench_loop                 # ISBI (if in ../shared) and the synthetic one
     python -m benchmarks.bench_loop --quick         # tiny smoke run (synthetic, 2 rounds)
     python -m benchmarks.bench_loop --minutes 5 --finetune-minutes 1 --rounds 8 --dataset isbi
+    python -m benchmarks.bench_loop --iterations 150 --finetune-iterations 50 --dataset synthetic
 
-Writes ``benchmarks/results/loop.json``, ``docs/LOOP.md`` and ``docs/images/loop.png``.
+Writes ``benchmarks/results/loop.json``; a full run also ``benchmarks/results/loop_<data>.json``
+(one per data set, kept across runs), from which ``docs/LOOP.md`` and ``docs/images/loop.png`` are
+made, with the window loop of ``bench_loop_window`` (``loop_window_<data>.json``) beside them.
 """
 
 from __future__ import annotations
@@ -32,12 +36,10 @@ if __package__ in (None, ""):  # `python benchmarks/bench_loop.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "benchmarks"
 
-from benchmarks import _common
+from benchmarks import _common, _loop_docs
 
 NAME = "loop"
 ROOT = Path(__file__).resolve().parents[1]
-DOC_PATH = ROOT / "docs" / "LOOP.md"
-PLOT_PATH = ROOT / "docs" / "images" / "loop.png"
 DATASETS = ("isbi", "synthetic")
 #: arm -> (learner, how the next slice is picked)
 ARMS = {
@@ -57,10 +59,40 @@ RF_FOREST = {"n_estimators": 50, "n_jobs": -1, "max_depth": 10, "max_samples": 0
 
 
 @dataclass(frozen=True)
+class Limit:
+    """How long one training runs: minutes, iterations or both (whichever comes first)."""
+
+    minutes: float | None
+    iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.minutes is None and self.iterations is None:
+            raise ValueError("a training needs a time or an iteration limit")
+
+    def describe(self) -> str:
+        parts = [f"{self.iterations} iterations" if self.iterations is not None else "",
+                 f"{self.minutes:g} min" if self.minutes is not None else ""]  # fmt: skip
+        return " or ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
 class Budget:
-    minutes: float  # first training
-    finetune_minutes: float  # after each correction
+    minutes: float | None  # first training
+    finetune_minutes: float | None  # after each correction
     rounds: int
+    iterations: int | None = None  # first training, in optimiser steps (CPU-contention proof)
+    finetune_iterations: int | None = None
+
+    @property
+    def first(self) -> Limit:
+        return Limit(self.minutes, self.iterations)
+
+    @property
+    def finetune(self) -> Limit:
+        return Limit(self.finetune_minutes, self.finetune_iterations)
+
+    def describe(self) -> str:
+        return f"T = {self.first.describe()}, T' = {self.finetune.describe()}, R = {self.rounds}"
 
 
 FULL = Budget(minutes=5.0, finetune_minutes=1.0, rounds=8)
@@ -139,8 +171,8 @@ class UNetLearner:
     def copy(self, frozen: bool = False) -> UNetLearner:
         return UNetLearner(copy.deepcopy(self.model), copy.deepcopy(self.metadata), frozen)
 
-    def update(self, image: np.ndarray, labels: np.ndarray, minutes: float) -> dict[str, Any]:
-        """Train (or fine-tune from the current weights) for ``minutes``, as the Train dock does."""
+    def update(self, image: np.ndarray, labels: np.ndarray, limit: Limit) -> dict[str, Any]:
+        """Train (or fine-tune from the current weights) within ``limit``, as the Train dock does."""
         if self.frozen:
             return {"iterations": 0, "train_s": 0.0}
         import torch
@@ -149,7 +181,10 @@ class UNetLearner:
 
         torch.manual_seed(0)
         config = dataclasses.replace(
-            TrainConfig(), max_minutes=minutes, iterations=None, preview_every_s=0.0
+            TrainConfig(),
+            max_minutes=limit.minutes,
+            iterations=limit.iterations,
+            preview_every_s=0.0,
         )
         t0 = time.perf_counter()
         trainer = Trainer(image, labels, config, model=self.model, metadata=self.metadata or None)
@@ -192,8 +227,8 @@ class ForestLearner:
             )
         return self._features[z]
 
-    def update(self, image: np.ndarray, labels: np.ndarray, minutes: float) -> dict[str, Any]:
-        """Refit on all labelled slices (not time-limited, like ilastik's live update)."""
+    def update(self, image: np.ndarray, labels: np.ndarray, limit: Limit) -> dict[str, Any]:
+        """Refit on all labelled slices (not limited, like ilastik's live update)."""
         from skimage.future import fit_segmenter
         from sklearn.ensemble import RandomForestClassifier
 
@@ -242,7 +277,7 @@ def run_arm(
         pick_s = time.perf_counter() - t0
         effort = correction_effort(learner.predict(data.image, (z,))[0], data.truth[z])
         labels[z] = data.truth[z]  # accept the prediction, correct it to the truth
-        fit = learner.update(data.image, labels, budget.finetune_minutes)
+        fit = learner.update(data.image, labels, budget.finetune)
         wall_s = time.perf_counter() - t0
         if not learner.frozen:
             score = quality(learner.predict(data.image, data.held_out), held)
@@ -260,14 +295,14 @@ def run_dataset(data: LoopData, budget: Budget, arms: tuple[str, ...] = tuple(AR
     """Every arm on one data set; the U-Net arms share the first T-minute model."""
     labels = data.first_labels()
     unet = UNetLearner(None, {})
-    unet_first = unet.update(data.image, labels, budget.minutes)
+    unet_first = unet.update(data.image, labels, budget.first)
     rows: list[dict[str, Any]] = []
     for arm in arms:
         kind, strategy = ARMS[arm]
         print(f"  {data.name}: {arm}", flush=True)
         if kind == "forest":
             learner: Any = ForestLearner()
-            first = learner.update(data.image, labels, budget.minutes)
+            first = learner.update(data.image, labels, budget.first)
         else:
             learner, first = unet.copy(frozen=kind == "frozen"), unet_first
         rows += run_arm(arm, learner, strategy, data, budget, first)
@@ -303,167 +338,94 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- run and report
 
 
+def make_budget(
+    quick: bool = False,
+    *,
+    minutes: float | None = None,
+    finetune_minutes: float | None = None,
+    rounds: int | None = None,
+    iterations: int | None = None,
+    finetune_iterations: int | None = None,
+) -> Budget:
+    """The default budget with what was given; an iteration limit alone drops the time limit."""
+    base = QUICK if quick else FULL
+
+    def pick(value: Any, steps: int | None, default: Any) -> Any:
+        return value if value is not None else (None if steps is not None else default)
+
+    return Budget(
+        pick(minutes, iterations, base.minutes),
+        pick(finetune_minutes, finetune_iterations, base.finetune_minutes),
+        rounds if rounds is not None else base.rounds,
+        iterations,
+        finetune_iterations,
+    )
+
+
+def budget_note(budget: Budget) -> str:
+    """Whether the figures depend on the machine's load."""
+    if budget.iterations is not None and budget.finetune_iterations is not None:
+        return "Iteration limits: the figures do not depend on the load of the (shared) CPUs."
+    return "Time limits: the iterations each training got are in the table; CPUs shared with other work."
+
+
 def run(
     quick: bool = False,
     *,
     minutes: float | None = None,
     finetune_minutes: float | None = None,
     rounds: int | None = None,
+    iterations: int | None = None,
+    finetune_iterations: int | None = None,
     dataset: str | None = None,
-    write_docs: bool = True,
+    write_docs: bool | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Run the loop on ``dataset`` (``"isbi"``, ``"synthetic"``, default both; quick: synthetic)."""
-    budget = QUICK if quick else FULL
-    budget = Budget(
-        minutes if minutes is not None else budget.minutes,
-        finetune_minutes if finetune_minutes is not None else budget.finetune_minutes,
-        rounds if rounds is not None else budget.rounds,
-    )
+    """Run the loop on ``dataset`` (``"isbi"``, ``"synthetic"``, default both; quick: synthetic).
+
+    ``write_docs`` (default: not quick): keep each data set's result in
+    ``benchmarks/results/loop_<data>.json`` and remake ``docs/LOOP.md`` and its plots from them.
+    """
+    budget = make_budget(
+        quick, minutes=minutes, finetune_minutes=finetune_minutes, rounds=rounds,
+        iterations=iterations, finetune_iterations=finetune_iterations,
+    )  # fmt: skip
     names = [dataset] if dataset not in (None, "all") else (["synthetic"] if quick else DATASETS)
-    t0, rows, notes, datasets = time.perf_counter(), [], [], {}
+    t0, rows, notes, sections = time.perf_counter(), [], [], []
+    mode = "quick" if quick else "full"
     for name in names:
         data = load_data(name, quick)
         if data is None:
             notes.append(f"ISBI 2012 skipped: not found in {_common.ISBI_DIR}")
             continue
-        datasets[name] = data.describe()
-        rows += run_dataset(data, budget)
-    mode = "quick" if quick else "full"
+        t1 = time.perf_counter()
+        mine = run_dataset(data, budget)
+        rows += mine
+        sections.append(
+            _loop_docs.section(
+                NAME, name, mine, summarize(mine), data.describe(), budget, mode,
+                time.perf_counter() - t1, note=budget_note(budget), command=command,
+            )
+        )  # fmt: skip
     result: dict[str, Any] = {
         "name": NAME,
         "rows": rows,
         "summary": summarize(rows),
-        "note": "; ".join([f"{mode}: T={budget.minutes:g} min, T'={budget.finetune_minutes:g} min, "
-                           f"R={budget.rounds}", *notes]),
+        "note": "; ".join([f"{mode}: {budget.describe()}", *notes]),
         "mode": mode,
-        "datasets": datasets,
+        "datasets": {s["dataset"]: s["datasets"][s["dataset"]] for s in sections},
         "budget": dataclasses.asdict(budget),
         "total_s": round(time.perf_counter() - t0, 1),
         "machine": _common.machine(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     if not rows:
         result["skipped"] = True
-    elif write_docs:
-        write_plot(result)
-        write_markdown(result)
+    elif write_docs if write_docs is not None else not quick:
+        for sec in sections:
+            _loop_docs.save_section(sec)
+        _loop_docs.write_docs()
     return result
-
-
-def write_plot(result: dict[str, Any], path: Path = PLOT_PATH) -> Path | None:
-    """Effort (pixels changed) and held-out pixel error per round, one column per data set."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        print("(matplotlib not installed: no plot; pip install -e .[bench])")
-        return None
-    rows = result["rows"]
-    names = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7), squeeze=False)
-    for col, name in enumerate(names):
-        for arm in ARMS:
-            mine = [r for r in rows if r["dataset"] == name and r["arm"] == arm]
-            fixes = [r for r in mine if r["round"] > 0]
-            axes[0, col].plot(
-                [r["round"] for r in fixes], [r["changed_pct"] for r in fixes], "o-", label=arm
-            )
-            axes[1, col].plot(
-                [r["round"] for r in mine], [r["pixel_error"] for r in mine], "o-", label=arm
-            )
-        axes[0, col].set(title=f"{name}: effort per corrected slice", ylabel="pixels changed (%)")
-        axes[1, col].set(title=f"{name}: held-out quality", xlabel="round", ylabel="pixel error")
-        axes[0, col].legend(fontsize=8)
-        for ax in axes[:, col]:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def _datasets_text(datasets: dict[str, dict[str, Any]]) -> str:
-    def span(zs: list[int]) -> str:
-        return f"{zs[0]}-{zs[-1]}" if zs == list(range(zs[0], zs[-1] + 1)) else str(zs)
-
-    lines = ["| data | shape | painted first | picked from | held out |", "|---|---|---|---|---|"]
-    for name, d in datasets.items():
-        shape = " x ".join(map(str, d["shape"]))
-        lines.append(
-            f"| {name} | {shape} | {d['start']} | {span(d['pool'])} | {span(d['held_out'])} |"
-        )
-    return "\n".join(lines)
-
-
-def _comparison_text(summary: list[dict[str, Any]]) -> str:
-    """Per data set: the effort trends of the U-Net and the forest, and (b) suggest against (a) order."""
-    out = []
-    for name in dict.fromkeys(r["dataset"] for r in summary):
-        arm = {r["arm"]: r for r in summary if r["dataset"] == name}
-        a, b, rf = arm.get("unet-order"), arm.get("unet-suggest"), arm.get("rf-order")
-        if not (a and b and rf) or a["pixels_per_round_trend"] is None:
-            continue
-        out.append(
-            f"* {name}: effort trend (pixels per round, linear fit) U-Net in order "
-            f"{a['pixels_per_round_trend']:+.0f}, suggested {b['pixels_per_round_trend']:+.0f}, "
-            f"random forest {rf['pixels_per_round_trend']:+.0f}; mean effort per slice "
-            f"{a['mean_pixels']:.0f} (order) / {b['mean_pixels']:.0f} (suggested) / "
-            f"{rf['mean_pixels']:.0f} (forest) px; final held-out pixel error "
-            f"{a['final_pixel_error']:.4f} / {b['final_pixel_error']:.4f} / {rf['final_pixel_error']:.4f}."
-        )
-    return "\n".join(out)
-
-
-def write_markdown(result: dict[str, Any], path: Path = DOC_PATH) -> Path:
-    b = result["budget"]
-    m = result.get("machine", {})
-    machine = ", ".join(f"{k} {m[k]}" for k in ("processor", "cpu_count", "gpu", "torch") if k in m)
-    text = f"""# The annotation loop, measured
-
-<!-- generated by `python -m benchmarks.bench_loop`; do not edit by hand -->
-
-Generated {result["date"]} ({result["mode"]} mode, {result["total_s"]:.0f} s) on: {machine}.
-{result["note"]}.
-
-A simulated annotator: one densely painted slice, train T = {b["minutes"]:g} min (`Trainer` with
-`TrainConfig()` and a time limit, no previews), then {b["rounds"]} rounds: pick a slice, accept the
-prediction, correct it to the truth, fine-tune T' = {b["finetune_minutes"]:g} min from the current
-weights. **Effort** per round: pixels changed and 4-connected error regions (a stand-in for brush
-strokes). **Quality**: pixel error and membrane IoU on held-out slices, never picked.
-
-{_datasets_text(result.get("datasets", {}))}
-
-| arm | what |
-|---|---|
-| unet-order | napari-unet, slices corrected in order (1, 2, 3, ...) |
-| unet-suggest | napari-unet, the slice `napari_unet.suggest.rank_slices` ranks first (mean entropy) |
-| rf-order | ilastik-style random forest (`bench_evaluation` (b)), refitted on all labelled slices each round |
-| no-retraining | the first U-Net's predictions corrected, never retrained |
-
-The U-Net arms start from the same first model. Round 0 is that model (`wall_s` = its training).
-
-## Summary
-
-{_common.format_table(result["summary"])}
-
-{_comparison_text(result["summary"])}
-
-![effort and quality per round](images/loop.png)
-
-## Per round
-
-{_common.format_table(result["rows"])}
-
-Reproduce: `python -m benchmarks.bench_loop` (`--quick` smoke run; `--minutes T
---finetune-minutes T' --rounds R --dataset isbi|synthetic`).
-"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,15 +441,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, help=f"corrected slices R (default {FULL.rounds})")
     parser.add_argument(
+        "--iterations", type=int, help="first training in iterations (alone: no time limit)"
+    )
+    parser.add_argument(
+        "--finetune-iterations",
+        type=int,
+        help="fine-tune per round in iterations (alone: no time limit)",
+    )
+    parser.add_argument(
         "--dataset", choices=("all", *DATASETS), help="default all (quick: synthetic)"
     )
     parser.add_argument(
-        "--no-docs", action="store_true", help="do not write docs/LOOP.md and the plot"
+        "--no-docs", action="store_true", help="do not keep the result for docs/LOOP.md"
     )
     args = parser.parse_args(argv)
     result = run(
         args.quick, minutes=args.minutes, finetune_minutes=args.finetune_minutes,
-        rounds=args.rounds, dataset=args.dataset, write_docs=not args.no_docs,
+        rounds=args.rounds, iterations=args.iterations,
+        finetune_iterations=args.finetune_iterations, dataset=args.dataset,
+        write_docs=False if args.no_docs else None,
+        command=" ".join(["python -m benchmarks.bench_loop", *(argv or sys.argv[1:])]),
     )  # fmt: skip
     if result.get("skipped"):
         print(f"## {NAME}\n{result['note']}")

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_loop  # noqa: E402
-from benchmarks.bench_loop import Budget, LoopData  # noqa: E402
+from benchmarks import _loop_docs, bench_loop  # noqa: E402
+from benchmarks.bench_loop import Budget, Limit, LoopData  # noqa: E402
 
 from napari_unet.sample_data import synthetic_em  # noqa: E402
 from napari_unet.suggest import labelled_slices  # noqa: E402
@@ -33,9 +33,11 @@ class AllMembrane:
         self.frozen = frozen
         self.trained_on: list[list[int]] = []
         self.predicted: list[tuple[int, ...]] = []
+        self.limits: list[Limit] = []
 
-    def update(self, image: np.ndarray, labels: np.ndarray, minutes: float) -> dict[str, Any]:
+    def update(self, image: np.ndarray, labels: np.ndarray, limit: Limit) -> dict[str, Any]:
         self.trained_on.append(labelled_slices(labels))
+        self.limits.append(limit)
         return {"iterations": 1, "train_s": 0.0}
 
     def predict(self, image: np.ndarray, slices: tuple[int, ...]) -> np.ndarray:
@@ -59,7 +61,8 @@ def test_effort_counts_pixels_and_4_connected_regions() -> None:
 def test_loop_bookkeeping(data: LoopData, strategy: str, order: list[int]) -> None:
     learner = AllMembrane()
     first = {"iterations": 5, "train_s": 1.5}
-    rows = bench_loop.run_arm("arm", learner, strategy, data, Budget(1.0, 0.5, 10), first)
+    budget = Budget(1.0, None, 10, finetune_iterations=7)
+    rows = bench_loop.run_arm("arm", learner, strategy, data, budget, first)
     assert [r["round"] for r in rows] == [0, 1, 2, 3]  # stops when the pool is used up
     assert [r["slice"] for r in rows] == [0, *order]
     assert all(tuple(r) == bench_loop.ROUND_KEYS for r in rows)
@@ -71,6 +74,7 @@ def test_loop_bookkeeping(data: LoopData, strategy: str, order: list[int]) -> No
         assert r["error_regions"] > 0 and r["iterations"] == 1
     # each retraining sees the painted slice and every corrected one, never a held-out slice
     assert learner.trained_on == [sorted([0, *order[: i + 1]]) for i in range(3)]
+    assert learner.limits == [Limit(None, 7)] * 3  # the fine-tune limit, in iterations
     held = data.truth[[4, 5]]
     assert all(r["pixel_error"] == pytest.approx((held != 1).mean()) for r in rows)
     assert learner.predicted.count((4, 5)) == 4  # quality after every round
@@ -102,26 +106,52 @@ def test_summary_and_docs(data: LoopData, tmp_path: Path) -> None:
         200,
     )
     assert s["pixels_per_round_trend"] == pytest.approx(-100)
-    result = {
-        "rows": rows, "summary": summary, "note": "test", "mode": "quick",
-        "datasets": {"tiny": data.describe()}, "budget": {"minutes": 1, "finetune_minutes": 1,
-        "rounds": 3}, "total_s": 1.0, "date": "today", "machine": {"cpu_count": 2},
-    }  # fmt: skip
-    doc = bench_loop.write_markdown(result, tmp_path / "LOOP.md").read_text()
+    budget = Budget(1, 1, 3)
+    sec = _loop_docs.section("loop", "tiny", rows, summary, data.describe(), budget, "quick", 1.0)
+    doc = _loop_docs.write_markdown([sec], [], tmp_path / "LOOP.md").read_text()
     assert "| tiny | 6 x 64 x 64 | 0 | 1-3 | 4-5 |" in doc
-    assert "U-Net in order -100, suggested -100, random forest -100" in doc
+    assert "unet-order -100, unet-suggest -100, rf-order -100, no-retraining -100" in doc
+    assert "T = 1 min, T' = 1 min, R = 3" in doc
     pytest.importorskip("matplotlib")
-    assert bench_loop.write_plot(result, tmp_path / "loop.png").stat().st_size > 1000
+    assert _loop_docs.write_plot(rows, tmp_path / "loop.png").stat().st_size > 1000
+
+
+def test_kept_results_per_data_set(data: LoopData, tmp_path: Path) -> None:
+    """A run on one data set keeps the other's result; the window loop gets its own section."""
+    rows = bench_loop.run_arm(
+        "unet-order", AllMembrane(), "order", data, Budget(1, 1, 2), {"train_s": 0.0}
+    )
+    budget = Budget(None, None, 2, iterations=5, finetune_iterations=2)
+    for name, dataset in (("loop", "isbi"), ("loop", "synthetic"), ("loop_window", "isbi")):
+        mine = [{**r, "dataset": dataset} for r in rows]
+        sec = _loop_docs.section(name, dataset, mine, bench_loop.summarize(mine),
+                                 data.describe(), budget, "full", 1.0)  # fmt: skip
+        _loop_docs.save_section(sec, tmp_path)
+    again = [{**r, "dataset": "synthetic", "pixel_error": 0.5} for r in rows]
+    sec = _loop_docs.section("loop", "synthetic", again, bench_loop.summarize(again),
+                             data.describe(), budget, "full", 1.0)  # fmt: skip
+    _loop_docs.save_section(sec, tmp_path)  # replaces the synthetic result only
+    plots = {"loop": tmp_path / "a.png", "loop_window": tmp_path / "b.png"}
+    doc = _loop_docs.write_docs(tmp_path, tmp_path / "LOOP.md", plots).read_text()
+    headless, window = doc.split("## Through the real docks")
+    assert "### isbi" in headless and "### synthetic" in headless
+    assert "### isbi" in window and "### synthetic" not in window
+    assert "| synthetic | unet-order | 0 |" in headless and "0.5 |" in headless
+    assert "T = 5 iterations, T' = 2 iterations, R = 2" in doc
+    if plots["loop"].exists():  # matplotlib installed
+        assert plots["loop_window"].stat().st_size > 1000
 
 
 def test_the_real_loop_on_tiny_data(data: LoopData) -> None:
     """Trainer, predict_tiled, rank_slices and the forest, one round each (about 10 s)."""
     pytest.importorskip("sklearn")
-    rows = bench_loop.run_dataset(data, Budget(minutes=0.02, finetune_minutes=0.01, rounds=1))
+    budget = Budget(minutes=0.02, finetune_minutes=None, rounds=1, finetune_iterations=1)
+    rows = bench_loop.run_dataset(data, budget)
     assert [(r["arm"], r["round"]) for r in rows] == [
         (arm, r) for arm in bench_loop.ARMS for r in (0, 1)
     ]
     by_arm = {r["arm"]: r for r in rows if r["round"] == 1}
     assert by_arm["unet-order"]["slice"] == 1 and by_arm["unet-suggest"]["slice"] in (1, 2, 3)
-    assert by_arm["no-retraining"]["iterations"] == 0 and by_arm["unet-order"]["iterations"] >= 1
+    assert by_arm["no-retraining"]["iterations"] == 0
+    assert by_arm["unet-order"]["iterations"] == by_arm["unet-suggest"]["iterations"] == 1
     assert all(0 <= r["pixel_error"] <= 1 for r in rows)  # also: not NaN
