@@ -44,7 +44,10 @@ from benchmarks import _common
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 #: the benchmarks the project plans, in report order (others found are appended)
-KNOWN = ("weightmap", "elastic", "training", "tiling", "evaluation", "recipe", "loop", "gui")
+KNOWN = (
+    "weightmap", "elastic", "training", "tiling", "blocks", "evaluation", "recipe", "losses", "objects",
+    "loop", "loop_window", "gui", "bigstack",
+)  # fmt: skip
 
 
 def discover() -> list[str]:

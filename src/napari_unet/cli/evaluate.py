@@ -13,6 +13,7 @@ from typing import Any
 from ..slices import format_slices
 from . import CLIError
 from ._common import (
+    VOLUME_HELP,
     add_slices_argument,
     add_subcommand,
     fmt_num,
@@ -42,9 +43,9 @@ examples:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_subcommand(sub, "evaluate", run, SUMMARY, DESCRIPTION, EPILOG)
     p.add_argument(
-        "--prediction", required=True, metavar="P", help="predicted class map (TIFF or zarr)"
+        "--prediction", required=True, metavar="P", help=f"predicted class map: {VOLUME_HELP}"
     )
-    p.add_argument("--truth", required=True, metavar="T", help="ground truth (TIFF or zarr)")
+    p.add_argument("--truth", required=True, metavar="T", help=f"ground truth: {VOLUME_HELP}")
     add_slices_argument(
         p,
         "--slices",
