@@ -318,7 +318,9 @@ def test_predict_dask_threaded_and_zarr_out(valid3, tmp_path):
         valid3, arr, tile_size=64, normalization=norm, return_probabilities=True
     )
     np.testing.assert_array_equal(labels.compute(), ref)
-    np.testing.assert_array_equal(probs.compute(), pref)  # bit-identical
+    # worker threads run torch with their own thread count: the float sums may differ
+    # in the last bits (the labels above are equal)
+    np.testing.assert_allclose(probs.compute(), pref, rtol=1e-5, atol=1e-6)
 
     z = predict_dask(valid3, arr, tile_size=64, normalization=norm, out=str(tmp_path / "o.zarr"))
     assert z.chunks == (1, 25, 35)
