@@ -25,6 +25,7 @@ from .io import (
     UNIT_TO_UM,
     ImageNotFoundError,
     InvalidImageError,
+    TiffData,
     decide_is_labels,
     read_tiff,
 )
@@ -47,8 +48,8 @@ _HDF5_SPLIT = re.compile(r"^(.*?\.(?:h5|hdf5|hdf|he5)):(.*)$", re.IGNORECASE)
 
 
 @dataclasses.dataclass
-class Volume:
-    """An opened volume: the attributes of :class:`napari_unet.io.TiffData`, plus its pyramid.
+class Volume(TiffData):
+    """An opened volume: a :class:`napari_unet.io.TiffData`, plus its pyramid.
 
     ``data`` is the full-resolution ``(Z, Y, X)`` or ``(Y, X)`` array (dask unless a small
     TIFF); ``levels`` the pyramid of an OME-Zarr image (level 0 first; empty for one level);
@@ -56,22 +57,10 @@ class Volume:
     result's completion record); ``inner`` the path inside the container.
     """
 
-    data: Any
-    scale: tuple[float, ...]
-    unit: str
-    axes: str
-    is_labels: bool
-    lazy: bool
-    path: Path
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     levels: tuple[Any, ...] = ()
     stored: Any = None
     inner: str = ""
     format: str = "tiff"
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
 
     @property
     def name(self) -> str:
