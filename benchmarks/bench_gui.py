@@ -43,6 +43,7 @@ try:
         peak_rss_mib,
         report,
     )
+    from benchmarks._stalls import StallSampler
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     from _common import (  # type: ignore[no-redef]
         ISBI_DIR,
@@ -52,6 +53,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
         peak_rss_mib,
         report,
     )
+    from _stalls import StallSampler  # type: ignore[no-redef]
 
 PAINTED = (0, 1, 2)
 #: the slice shown (and previewed) while training; the stroke lands there
@@ -129,14 +131,17 @@ class Heartbeat:
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
         self._passes0 = 0
+        self.stalls = StallSampler(lambda: self.ticks[-1], threshold_ms=30.0)
 
     def start(self) -> None:
         self.ticks = [time.perf_counter()]
         self._passes0 = self.passes.count if self.passes is not None else 0
         self.timer.start()
+        self.stalls.start()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         self.timer.stop()
+        stalls = self.stalls.stop()
         self.ticks.append(time.perf_counter())
         gaps = np.diff(np.asarray(self.ticks)) * 1000.0
         nan = float("nan")
@@ -150,6 +155,7 @@ class Heartbeat:
         if self.passes is not None:
             seconds = max(self.ticks[-1] - self.ticks[0], 1e-9)
             out["window_passes_per_s"] = (self.passes.count - self._passes0) / seconds
+        out["stalls"] = stalls  # where the GUI thread was while a tick was > 30 ms late
         return out
 
 
@@ -310,7 +316,9 @@ def _show_dock(widget: Any) -> None:
 def _stroke(labels: Any, z: int) -> None:
     """An eraser stroke: a 48 x 48 block of slice ``z`` set to 0 (as the brush does)."""
     ys, xs = np.mgrid[200:248, 200:248]
-    labels.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), 0)
+    # erase, or paint class 1 where an earlier run erased: a stroke must change the labels
+    value = 0 if np.asarray(labels.data[z, 200:248, 200:248]).any() else 1
+    labels.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), value)
 
 
 def _stroke_latency(tr: Any, labels: Any, previews: list[tuple[float, int]]) -> dict[str, float]:

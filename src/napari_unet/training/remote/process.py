@@ -38,8 +38,12 @@ from .messages import (
 
 #: niceness the child adds to itself, so that the GUI thread wins the CPU whenever it needs it
 CHILD_NICE = 10
-#: seconds Stop gives the child to finish its step and save before it is terminated
+#: seconds Stop gives the child to save after its step, before it is terminated
 STOP_GRACE_S = 1.0
+#: ... plus this many of its recent steps (a loaded machine's step takes seconds)
+STOP_GRACE_STEPS = 3.0
+#: the longest Stop waits for the child, seconds
+STOP_GRACE_MAX_S = 60.0
 #: seconds the child may take to start (import torch) and report ready
 START_TIMEOUT_S = 120.0
 #: pixels of label slices the parent re-compares per sync (edits without an event: undo)
@@ -47,8 +51,28 @@ _SYNC_PIXELS = 16 * 2**20
 _POLL_S = 0.05
 
 
+def _label_store_of(labels: Any) -> Any:
+    """The :class:`~napari_unet.label_store.LabelStore` of a big stack's labels (the zarr
+    array napari paints into, on a write-back store), else None (numpy, dask, other zarr)."""
+    store = getattr(labels, "store", None)
+    if store is None or not hasattr(store, "dirty_keys"):
+        return None
+    from ...label_store import LabelStore, WriteBackStore
+
+    root = getattr(getattr(store, "_store", None), "root", None)  # WrapperStore's documented _store
+    if not isinstance(store, WriteBackStore) or root is None:
+        return None
+    return LabelStore(root, labels, store)
+
+
 class _LabelsSync:
-    """What the child knows of the parent's labels: the signature of every non-empty slice sent."""
+    """What the child knows of the parent's labels: the signature of every non-empty slice sent.
+
+    Labels in a :class:`~napari_unet.label_store.LabelStore` (a big stack) are read only where
+    chunks are stored or pending (:meth:`~napari_unet.label_store.LabelStore.stored_slices`):
+    any other slice is all zeros, so the scan of a huge, sparsely painted stack reads only the
+    painted slices.  numpy labels are read slice by slice, every one.
+    """
 
     def __init__(self, labels: Any) -> None:
         self.labels = labels
@@ -57,15 +81,23 @@ class _LabelsSync:
         self.sent: dict[int, tuple[int, int]] = {}
         self._cursor = 0
         self._budget = max(1, _SYNC_PIXELS // max(1, shape[-1] * shape[-2]))
+        self._store = _label_store_of(labels)
 
     def initial(self) -> dict[int, np.ndarray]:
         """Every non-empty slice (the labels scan), recorded as sent."""
         return {z: a for z, a in self.changes(range(self.n)).items() if a is not None}
 
+    def _candidates(self, zs: Any) -> list[int]:
+        """The slices of ``zs`` that can differ from what was sent, in order."""
+        wanted = {int(z) for z in zs if 0 <= int(z) < self.n}
+        if self._store is not None:  # an unstored slice is zeros: it changed only if it was sent
+            wanted &= self._store.stored_slices() | set(self.sent)
+        return sorted(wanted)
+
     def changes(self, zs: Any) -> dict[int, np.ndarray | None]:
         """The slices among ``zs`` that differ from what was sent (None: now empty)."""
         out: dict[int, np.ndarray | None] = {}
-        for z in sorted({int(z) for z in zs if 0 <= int(z) < self.n}):
+        for z in self._candidates(zs):
             view = read_slice(self.labels, z)
             if not np.any(view):
                 if self.sent.pop(z, None) is not None:
@@ -108,6 +140,19 @@ class _Outcome:
     finished: ev.Finished | None = None
     failure: BaseException | None = None
     iterations: int = 0
+    last_at: float | None = None  # when the last Iteration event came
+    step_s: float = 0.0  # a recent step's duration (the longest, decaying)
+
+    def iteration(self, iteration: int) -> None:
+        now = time.perf_counter()
+        if self.last_at is not None and iteration > self.iterations:
+            step = (now - self.last_at) / (iteration - self.iterations)
+            self.step_s = max(0.8 * self.step_s, step)
+        self.iterations, self.last_at = iteration, now
+
+    def stop_grace(self) -> float:
+        """Seconds Stop waits for the child to finish its step and save."""
+        return min(STOP_GRACE_S + STOP_GRACE_STEPS * self.step_s, STOP_GRACE_MAX_S)
 
 
 class TrainingProcess:
@@ -117,7 +162,7 @@ class TrainingProcess:
     :meth:`run` then trains once and yields the trainer's events, :class:`TrainerReady` first and
     :class:`TrainResult` last.  :meth:`notify_labels`, :meth:`set_view`, :meth:`stop` and
     :meth:`close` are thread-safe and return at once.  Stop: the child finishes its step and
-    saves; after :data:`STOP_GRACE_S` it is terminated and the last weights it sent are saved.
+    saves; after :meth:`_Outcome.stop_grace` it is terminated and the last weights it sent are saved.
     """
 
     def __init__(self, nice: int = CHILD_NICE) -> None:
@@ -163,7 +208,7 @@ class TrainingProcess:
             self._view = (int(z), None if region is None else tuple(int(v) for v in region))
 
     def stop(self) -> None:
-        """Finish after this step and save (terminated after :data:`STOP_GRACE_S`)."""
+        """Finish after this step and save (terminated if that takes much longer than a step)."""
         with self._lock:
             if self._stop_at is None:
                 self._stop_at = time.perf_counter()
@@ -316,7 +361,7 @@ class TrainingProcess:
             elif sentinel in ready:
                 return  # ended, and nothing is left to read
             now = time.perf_counter()
-            if self._stop_at is not None and now - self._stop_at > STOP_GRACE_S:
+            if self._stop_at is not None and now - self._stop_at > outcome.stop_grace():
                 return
             if now >= next_sweep:
                 changed = sync.sweep()
@@ -333,7 +378,7 @@ class TrainingProcess:
             if isinstance(msg, ev.Finished):
                 outcome.finished = msg
             elif isinstance(msg, ev.Iteration):
-                outcome.iterations = msg.iteration
+                outcome.iteration(msg.iteration)
             yield msg
 
     def _ending(self, outcome: _Outcome, config: Any) -> Iterator[Any]:
