@@ -172,6 +172,7 @@ def _session(path: Path, shape: tuple[int, ...], project: Path, quick: bool) -> 
     strokes, changes, painted = [], [], {}
     create_gap = hb.stop()["max_gap_ms"]  # napari adding a layer: timed apart
     gaps = {"max_gap_ms": 0.0, "p99_gap_ms": 0.0}
+    stalls: dict[str, float] = {}
     for i, z in enumerate(s for s in slices for _ in range(2)):
         changes.append(_go_to(viewer, z))
         hb.start()
@@ -180,6 +181,8 @@ def _session(path: Path, shape: tuple[int, ...], project: Path, quick: bool) -> 
         _wait(lambda n=n: ann.save_count > n and not ann.busy("autosave"), 30.0)
         g = hb.stop()
         gaps = {k: max(gaps[k], g[k]) for k in ("max_gap_ms", "p99_gap_ms")}
+        for row in g["stalls"]:
+            stalls[row["where"]] = stalls.get(row["where"], 0) + row["stalled_ms"]
     for z in slices:
         painted[z] = np.asarray(labels.data[z])
     last = _stroke(labels, slices[-1], 2, 2)  # left for the close to write
@@ -223,6 +226,10 @@ def _session(path: Path, shape: tuple[int, ...], project: Path, quick: bool) -> 
         "restored_equal": bool(restored),
         "restored_lazily": bool(lazy),
         "store_files": sum(1 for p in store.path.rglob("*") if p.is_file()),
+        "stalls": [  # where the GUI thread was while a heartbeat was > 30 ms late (painting)
+            {"where": k, "stalled_ms": v}
+            for k, v in sorted(stalls.items(), key=lambda kv: -kv[1])[:6]
+        ],
     }
 
 

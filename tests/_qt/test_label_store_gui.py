@@ -124,3 +124,25 @@ def test_close_then_reopen_restores_the_store_lazily(big, tmp_path, qtbot):
     np.testing.assert_array_equal(labels2.data[:], painted)
     qtbot.waitUntil(lambda: set(ann2.state.labelled_slices) == {1, 5}, timeout=10_000)
     assert "restored autosaved labels" in ann2.status.text()
+
+
+def test_a_brush_dab_on_a_store_reads_no_other_slice(big, monkeypatch):
+    """napari checks every dab's label with ``data[0]``: on a store, a whole slice's chunks."""
+    viewer, ann = big()
+    labels = ann.create_labels()
+    viewer.dims.set_current_step(0, 3)  # napari redraws the slice it shows: this one
+    disk = ann._autosave._store._store  # the LocalStore under the write-back overlay
+    read: list[str] = []
+    get = disk.get
+
+    async def counting(key, *args, **kwargs):
+        read.append(key)
+        return await get(key, *args, **kwargs)
+
+    monkeypatch.setattr(disk, "get", counting)
+    _stroke(labels, 3, 100, 100)
+    assert labels.data[3, 100, 100] == 1
+    assert read and all(key.startswith("c/3/") for key in read if key.startswith("c/"))
+    with pytest.raises(Exception, match="300"):  # napari's own range check still runs
+        labels.paint((3, 10, 10), 300)
+    assert labels.data[3, 10, 10] == 0

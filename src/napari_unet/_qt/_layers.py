@@ -95,3 +95,26 @@ def style_labels(layer: Labels, names: Sequence[str], colors: Sequence[str]) -> 
         layer.features = {"index": np.arange(len(names) + 1), "class": ["unlabelled", *names]}
     except (ValueError, TypeError):  # pragma: no cover - features are a nicety
         pass
+
+
+def check_labels_by_dtype(layer: Labels) -> None:
+    """Make each paint of a lazy (zarr, dask) labels layer check the label against ``data.dtype``.
+
+    napari validates every brush dab with ``get_dtype(layer)``, which reads ``data[0]``: a whole
+    slice of a zarr array (17-60 ms for 4096 x 4096 in 512 x 512 chunks), on the GUI thread, at
+    every dab.  The dtype is on the array itself; the range check stays napari's.  numpy data (a
+    cheap view) and a napari without that method are left alone.
+    """
+    data = getattr(layer, "data", None)
+    validate = getattr(type(layer), "_validate_label_in_range", None)
+    if isinstance(data, np.ndarray) or validate is None or not hasattr(data, "dtype"):
+        return
+    from napari.utils._dtype import get_dtype_limits
+
+    def _validate(label: int) -> None:
+        low, high = get_dtype_limits(np.dtype(layer.data.dtype))
+        if low <= label <= high:
+            return
+        validate(layer, label)  # napari's own check raises its own error
+
+    layer._validate_label_in_range = _validate

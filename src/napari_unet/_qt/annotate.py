@@ -33,7 +33,7 @@ from ._common import (
     set_current_z,
     spatial_kwargs,
 )
-from ._layers import HistoryWatch, paint_slices, style_labels
+from ._layers import HistoryWatch, check_labels_by_dtype, paint_slices, style_labels
 from ._state import is_generated, is_source_image
 from ._widgets import LayerCombo, UNetWidget
 from ._workers import Job
@@ -311,6 +311,7 @@ class AnnotateWidget(AutosaveMixin, UNetWidget):
         self._autosave = store or LabelsAutosave(layer.data.shape, scale)
         named = layer.metadata.get("napari_unet", {}).get("class_names")
         self._grow_classes = restored or (origin is None and not named)
+        check_labels_by_dtype(layer)  # a zarr store: no slice read per brush dab
         for event, callback in self._layer_events(layer):
             event.connect(callback)
         self._stats_throttle.trigger()
