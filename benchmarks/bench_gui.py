@@ -279,6 +279,26 @@ def headless(image: Path, labels: Path, limit: dict[str, float], out: Path) -> d
     }
 
 
+def headless_predict(image: Path, model: Path, out: Path) -> dict[str, Any]:
+    """``napari-unet predict`` of every slice in a fresh process: the seconds it reports for
+    predicting and writing (its "wrote ... in N s"), and the process's wall time with startup."""
+    import re
+
+    cmd = [sys.executable, "-m", "napari_unet.cli", "predict", "--model", str(model)]
+    cmd += ["--image", str(image), "--device", "cpu", "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    found = re.search(r" in ([0-9.]+) s", proc.stdout)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"napari-unet predict failed: {proc.stderr.strip()[-2000:]}")
+    return {
+        "phase": "headless: napari-unet predict (all slices)",
+        "predict_s": float(found.group(1)),
+        "wall_s": wall,
+    }
+
+
 # ----------------------------------------------------------------------------- window
 
 
@@ -436,7 +456,7 @@ def _window_rows(
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The short table: per phase the iterations (and their ratio) and the heartbeat."""
     keys = ("phase", "iterations", "ratio_to_headless", "p50_gap_ms", "p99_gap_ms", "max_gap_ms")
-    keys += ("window_passes_per_s", "cpu_other_s")
+    keys += ("predict_s", "speed_to_headless", "window_passes_per_s", "cpu_other_s")
     return [{k: row[k] for k in keys if k in row} for row in rows if "redraw" not in row["phase"]]
 
 
@@ -447,6 +467,9 @@ def run(quick: bool = False, minutes: float = 2.0, threads: str = "default,1") -
         image, truth, labels, source = _data(quick, tmp)
         rows = [headless(image, labels, limit, tmp / "headless.pt")]
         rows += _window_rows(image, truth, limit, threads.split(","), tmp)
+        rows.append(headless_predict(image, tmp / "headless.pt", tmp / "headless_pred.tif"))
+        window = next(r for r in rows if r["phase"].startswith("window: Predict"))
+        window["speed_to_headless"] = rows[-1]["predict_s"] / window["wall_s"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]["iterations"]
@@ -475,7 +498,10 @@ def run(quick: bool = False, minutes: float = 2.0, threads: str = "default,1") -
             "paint passes of the main window (each composites the whole window with the canvas); "
             "redraw cost: median synchronous repaint of a small widget (the progress bar) and of "
             "the canvas, idle. The threads-1 row sets the Train dock's CPU threads to 1 (its "
-            "ratio is to the same headless run, all threads)."
+            "ratio is to the same headless run, all threads). Predict: the window's click to "
+            "the last slice shown vs napari-unet predict's own 'in N s' (predicting and writing, "
+            "not its start-up) on the headless model (same preset); speed_to_headless: headless "
+            "seconds / window seconds."
         ),
     }
 
