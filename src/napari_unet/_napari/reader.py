@@ -3,13 +3,22 @@
 A volume becomes an image or labels layer with its pixel size (an OME-Zarr pyramid a multiscale
 layer, everything but a small TIFF lazily); a bad one a notification; a zarr result whose
 completion record says slices are missing opens with a warning naming them.
+
+A dataset inside an HDF5 file: napari opens only paths that exist (``file.h5:/volumes/raw``
+and ``file.h5/volumes/raw`` do not) or URLs with a host, so ``viewer.open`` and the ``napari``
+command take it as a file URL, ``file://localhost/abs/file.h5:/volumes/raw``
+(:func:`napari_location` writes one); ``file.h5`` itself opens every image dataset in it.
+Datasets inside zarr and N5 stores are folders and open by their path.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 
@@ -119,18 +128,42 @@ def read_path(path: str | os.PathLike, *, as_labels: bool | None = None) -> list
     return out or [(None,)]  # napari's sentinel: handled, nothing to add
 
 
+def local_location(path: str | os.PathLike) -> str:
+    """The location a napari path names: a local ``file:`` URL (``file://localhost/...`` or
+    ``file:///...``) becomes its path, inner ``:/dataset`` kept; anything else is unchanged."""
+    text = os.fspath(path)
+    parsed = urlparse(text)
+    if parsed.scheme.lower() != "file" or parsed.netloc.lower() not in ("", "localhost"):
+        return text
+    return url2pathname(parsed.path)
+
+
+def napari_location(location: str | os.PathLike) -> str:
+    """What to hand ``viewer.open`` (or the ``napari`` command) for ``location``: a
+    ``file://localhost`` URL for a dataset inside an HDF5 file (napari refuses paths that do
+    not exist), else the location unchanged."""
+    from ..volumes import split_location
+
+    path, inner, kind = split_location(location)
+    if kind != "hdf5" or not inner:
+        return os.fspath(location)
+    uri = Path(path).resolve().as_uri()  # file:///abs/file.h5, percent-encoded
+    return f"file://localhost{uri[len('file://') :]}:/{quote(inner.strip('/'))}"
+
+
 def _read(paths: str | list[str]) -> list[LayerData]:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[LayerData] = []
     for p in paths:
-        out.extend(d for d in read_path(p) if d[0] is not None)
+        out.extend(d for d in read_path(local_location(p)) if d[0] is not None)
     return out or [(None,)]
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """npe2 ``napari_get_reader``: claim TIFF files and zarr/N5/HDF5 stores (and paths inside them)."""
+    """npe2 ``napari_get_reader``: claim TIFF files and zarr/N5/HDF5 stores, paths inside them,
+    and local ``file:`` URLs of those (see the module doc)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if not paths or not all(is_volume_path(p) for p in paths):
+    if not paths or not all(is_volume_path(local_location(p)) for p in paths):
         return None
     return _read
