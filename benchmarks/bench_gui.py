@@ -43,6 +43,7 @@ try:
         peak_rss_mib,
         report,
     )
+    from benchmarks._gui_docs import write_doc
     from benchmarks._stalls import StallSampler
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     from _common import (  # type: ignore[no-redef]
@@ -53,6 +54,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
         peak_rss_mib,
         report,
     )
+    from _gui_docs import write_doc  # type: ignore[no-redef]
     from _stalls import StallSampler  # type: ignore[no-redef]
 
 PAINTED = (0, 1, 2)
@@ -518,3 +520,7 @@ if __name__ == "__main__":
     )
     report(result)
     print(format_table(result["summary"]))
+    if "--quick" not in sys.argv:
+        print(
+            f"(wrote {write_doc(result, 'python benchmarks/bench_gui.py ' + ' '.join(sys.argv[1:]))})"
+        )
