@@ -7,9 +7,13 @@ import pytest
 
 from napari_unet.checks import ArgumentError
 from napari_unet.objects import (
+    BOUNDARY_H,
+    OTHER_H,
     ObjectParams,
+    ObjectsWarning,
     default_params,
     label_objects,
+    objects_metadata,
     resolve_class,
 )
 
@@ -150,7 +154,8 @@ def test_class_resolution_and_defaults():
     assert default_params(names, 2) == (1, ObjectParams(mode="boundary"))
     assert default_params(["background", "mitochondria"], 2) == (2, ObjectParams())
     meta = {"objects": {"mitochondria": {"split": True, "unknown": 1}}}
-    assert default_params(["background", "mitochondria"], 2, meta)[1].split is True
+    with pytest.warns(ObjectsWarning, match="'unknown' of class 'mitochondria' is ignored"):
+        assert default_params(["background", "mitochondria"], 2, meta)[1].split is True
 
 
 def test_bad_input_gives_one_line_errors():
@@ -174,3 +179,83 @@ def test_split_by_seeds_gives_one_part_per_seed():
     assert np.array_equal(parts > 0, mask)
     with pytest.raises(ArgumentError, match=r"seed 2 .* not inside"):
         split_by_seeds(mask, [(10, 5), (0, 0)])
+
+
+# --------------------------------------------------------------------------- stored in checkpoints
+
+
+def test_the_seed_depth_default_follows_the_mode():
+    assert ObjectParams(mode="boundary").seed_depth() == BOUNDARY_H
+    assert ObjectParams(mode="boundary", seeds="hminima").seed_depth() == OTHER_H
+    assert ObjectParams().seed_depth() == OTHER_H
+    assert ObjectParams(mode="boundary", h=1.5).seed_depth() == 1.5
+    with pytest.raises(ArgumentError, match="split must be true or false"):
+        ObjectParams(split="yes").checked()
+
+
+def test_a_real_tiny_training_stores_the_table_and_keeps_tuned_entries(tmp_path):
+    import torch
+
+    from napari_unet.checkpoint import load_checkpoint
+    from napari_unet.model import UNet
+    from napari_unet.sample_data import synthetic_em
+    from napari_unet.training import TrainConfig, Trainer
+
+    image, labels = synthetic_em((2, 64, 64), seed=2, cell_size=20)
+    cfg = TrainConfig(iterations=2, num_threads=1, preview_every_s=0.0, batch_size=2,
+                      patch_size=32, device="cpu")  # fmt: skip
+    torch.manual_seed(0)
+    trainer = Trainer(image, labels, cfg, model=UNet(depth=2, base_channels=4, padding="same"))
+    list(trainer.run())
+    _, meta = load_checkpoint(trainer.save(tmp_path / "m.pt"))
+    table = meta["objects"]
+    assert set(table) == {"membrane", "cell"}
+    assert table["cell"]["mode"] == table["membrane"]["mode"] == "boundary"
+    assert table["cell"]["h"] == BOUNDARY_H and table["cell"]["dims"] == 2
+    stock = ObjectParams(mode="boundary", h=BOUNDARY_H)
+    assert default_params(meta["class_names"], 2, meta) == (1, stock)
+    # fine-tuning from a checkpoint whose cell parameters were tuned keeps them
+    table["cell"]["h"] = 9.0
+    net, _ = load_checkpoint(tmp_path / "m.pt")
+    again = Trainer(image, labels, cfg, model=net, metadata=meta)
+    assert again.metadata["objects"]["cell"]["h"] == 9.0
+    assert again.metadata["objects"]["membrane"]["h"] == BOUNDARY_H
+
+
+def test_stored_parameters_change_what_objects_does():
+    prob = _two_cells_with_gap()
+    prob[28:33, 39:41] = 0.0  # a gap wide enough to stay open after the smoothing
+    probs = np.stack([prob, 1 - prob])
+    names = ["membrane", "cell"]
+    cls, params = default_params(names, 2)
+    assert label_objects(probs, cls, params=params).n_objects == 2  # cells between membranes
+    meta = {"objects": objects_metadata(names)}
+    meta["objects"]["cell"]["mode"] = "objects"  # the cells as connected components
+    cls, params = default_params(names, 2, meta)
+    assert cls == 2 and params.mode == "objects"
+    assert label_objects(probs, cls, params=params).n_objects == 1  # joined through the gap
+    meta["objects"]["cell"] = {"h": 1000.0}  # seeds too deep: one seed for the joined region
+    cls, params = default_params(names, 2, meta)
+    assert cls == 1 and label_objects(probs, cls, params=params).n_objects == 1
+
+
+def test_a_bad_table_gives_a_clear_error_or_a_warning(tmp_path):
+    from napari_unet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from napari_unet.model import UNet
+
+    net = UNet(depth=1, base_channels=2)
+    save_checkpoint(tmp_path / "bad.pt", net, class_names=["membrane", "cell"], objects="oops")
+    with pytest.raises(CheckpointError, match=r"invalid metadata 'objects': must be a \{class"):
+        load_checkpoint(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "bad2.pt", net, objects={"cell": {"h": [1, 2]}})
+    with pytest.raises(CheckpointError, match="the parameters of 'cell' must be plain values"):
+        load_checkpoint(tmp_path / "bad2.pt")
+    stored = {"cell": {"h": -1.0, "mode": "blob", "split": True, "colour": "red"}}
+    save_checkpoint(tmp_path / "odd.pt", net, objects=stored)
+    _, meta = load_checkpoint(tmp_path / "odd.pt")  # loads: the values are checked when used
+    with pytest.warns(ObjectsWarning) as caught:
+        cls, params = default_params(["membrane", "cell"], 2, meta)
+    text = " | ".join(str(w.message) for w in caught)
+    assert "'h' of class 'cell' is ignored: h must be" in text and "'mode'" in text
+    assert "'colour'" in text and "'split'" not in text
+    assert (cls, params) == (1, ObjectParams(mode="boundary", split=True))

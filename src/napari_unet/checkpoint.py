@@ -418,6 +418,7 @@ def _check_records(value: Any) -> str | None:
 def _check_metadata(path: Path, metadata: dict[str, Any], n_classes: int) -> None:
     """One-line ``CheckpointError`` for a known metadata entry of the wrong kind."""
     from .normalization import check_intensity
+    from .objects import check_objects_table
 
     def intensity(value: Any) -> str | None:
         if value is None:
@@ -437,6 +438,7 @@ def _check_metadata(path: Path, metadata: dict[str, Any], n_classes: int) -> Non
         "history": _check_records,
         "validation_history": _check_records,
         "intensity": intensity,
+        "objects": check_objects_table,
     }
     for key, check in checks.items():
         problem = check(metadata.get(key))

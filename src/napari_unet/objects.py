@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._object_blocks import (
+    UnionFind,
+    check_class_present,
+    read_class_prob,
+    spatial_shape,
+    stitch,
+)
 from .checks import ArgumentError, check_float, check_int
 from .slices import read_block
 
@@ -38,10 +46,14 @@ __all__ = [
     "REGION_NAMES",
     "ObjectParams",
     "ObjectsResult",
+    "check_objects_table",
     "default_params",
     "label_objects",
+    "objects_metadata",
     "params_from_metadata",
+    "params_to_dict",
     "resolve_class",
+    "source_class",
     "split_by_seeds",
 ]
 
@@ -60,12 +72,23 @@ SEEDS: tuple[str, ...] = ("distance", "hminima")
 METADATA_KEY = "objects"
 
 
+class ObjectsWarning(UserWarning):
+    """A stored object parameter was ignored (bad value or unknown name)."""
+
+
+#: default seed depth h (pixels) of boundary watershed with distance seeds, chosen on ISBI
+#: slices 5-9 (docs/OBJECTS.md); every other seed depth defaults to ``OTHER_H``
+BOUNDARY_H = 6.0
+OTHER_H = 2.0
+
+
 @dataclass(frozen=True)
 class ObjectParams:
     """How instances are made; every default of the objects step lives here.
 
     Sizes are physical (the unit of ``scale``: area in 2D, volume in 3D); ``h``
-    and ``smooth`` are in pixels of the in-plane spacing.
+    and ``smooth`` are in pixels of the in-plane spacing.  ``h=None`` is the
+    default of the mode (:meth:`seed_depth`).
     """
 
     mode: str = "objects"  #: "boundary" or "objects"
@@ -73,7 +96,7 @@ class ObjectParams:
     threshold: float = 0.5  #: boundary: prob >= t is boundary; objects: prob >= t is object
     smooth: float = 1.0  #: Gaussian sigma (pixels) on probabilities (class maps: none)
     seeds: str = "distance"  #: "distance" (h-maxima of the distance transform) or "hminima"
-    h: float = 2.0  #: seed depth: pixels of distance, or probability x 10 for "hminima"
+    h: float | None = None  #: seed depth: pixels of distance, or probability x 10 for "hminima"
     min_size: float | None = None  #: smallest object/segment; None = ``min_pixels`` pixels
     min_pixels: int = 16  #: the default smallest size, in pixels (voxels)
     split: bool = False  #: objects: split touching objects at the necks
@@ -89,12 +112,22 @@ class ObjectParams:
         check_int("dims", self.dims, 2, 3)
         check_float("threshold", self.threshold, 0.0, 1.0)
         check_float("smooth", self.smooth, 0.0, 50.0)
-        check_float("h", self.h, 0.0, 1e6)
+        if self.h is not None:
+            check_float("h", self.h, 0.0, 1e6)
+        for name in ("split", "fill_holes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ArgumentError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.min_size is not None:
             check_float("min_size", self.min_size, 0.0)
         check_int("min_pixels", self.min_pixels, 0)
         check_int("block_slices", self.block_slices, 1)
         return self
+
+    def seed_depth(self) -> float:
+        """``h``, or its default: ``BOUNDARY_H`` for boundary distance seeds, else ``OTHER_H``."""
+        if self.h is not None:
+            return float(self.h)
+        return BOUNDARY_H if (self.mode, self.seeds) == ("boundary", "distance") else OTHER_H
 
     def min_pixels_for(self, voxel: float) -> float:
         """The smallest size in pixels for a pixel (voxel) of physical size ``voxel``."""
@@ -147,26 +180,94 @@ def default_params(
     """The class the instances come from and the parameters, from the model's classes.
 
     A boundary class, or a region class ("cell") beside one, gives boundary
-    watershed instances on the boundary class; any other class gives objects.
-    Parameters a checkpoint stores under ``metadata["objects"][name]`` override.
+    watershed instances (of a region class: on the boundary class); any other
+    class gives objects.  Parameters a checkpoint stores under
+    ``metadata["objects"][name]`` override (bad ones are ignored with a warning).
     """
     names = [str(n) for n in class_names]
-    name = names[cls - 1].strip().lower() if 1 <= cls <= len(names) else ""
-    boundary = boundary_class(names)
-    source, params = cls, ObjectParams()
-    if name in BOUNDARY_NAMES or (name in REGION_NAMES and boundary is not None):
-        source, params = (boundary or cls), ObjectParams(mode="boundary")
+    params = _rule_params(names, cls)
     stored = params_from_metadata(metadata, names[cls - 1] if 1 <= cls <= len(names) else "")
-    return source, (params.replace(**stored) if stored else params)
+    params = params.replace(**stored) if stored else params
+    return source_class(names, cls, params.mode), params
+
+
+def source_class(class_names: Sequence[str], cls: int, mode: str) -> int:
+    """The class instances of ``cls`` come from in ``mode``: in boundary mode, a region
+    class ("cell") beside a boundary class takes the boundary class; else ``cls``."""
+    names = [str(n).strip().lower() for n in class_names]
+    boundary = boundary_class(names)
+    region = 1 <= cls <= len(names) and names[cls - 1] in REGION_NAMES
+    return boundary if mode == "boundary" and region and boundary is not None else cls
+
+
+def _rule_params(names: list[str], cls: int) -> ObjectParams:
+    name = names[cls - 1].strip().lower() if 1 <= cls <= len(names) else ""
+    region = name in REGION_NAMES and boundary_class(names) is not None
+    return ObjectParams(mode="boundary") if name in BOUNDARY_NAMES or region else ObjectParams()
+
+
+#: the parameters a checkpoint stores per class (``block_slices`` is a memory setting)
+STORED_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(ObjectParams) if f.name != "block_slices"
+)
+
+
+def params_to_dict(params: ObjectParams) -> dict[str, Any]:
+    """The stored fields of ``params`` as JSON values (``h`` resolved to a number)."""
+    out = {k: getattr(params, k) for k in STORED_FIELDS}
+    out["h"] = params.seed_depth()
+    return out
+
+
+def objects_metadata(
+    class_names: Sequence[str], previous: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The checkpoint table ``{class name: parameters}`` (:func:`default_params` of each
+    class; the valid entries of ``previous``, the table trained on, are kept)."""
+    names, meta = [str(n) for n in class_names], {METADATA_KEY: previous or {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ObjectsWarning)
+        return {
+            n: params_to_dict(default_params(names, k, meta)[1]) for k, n in enumerate(names, 1)
+        }
 
 
 def params_from_metadata(metadata: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
-    """The known object parameters a checkpoint stores for class ``name`` (may be empty)."""
+    """The valid object parameters a checkpoint stores for class ``name`` (may be empty).
+
+    Unknown names and bad values are left out with an :class:`ObjectsWarning`.
+    """
     table = (metadata or {}).get(METADATA_KEY)
     if not isinstance(table, Mapping) or not isinstance(table.get(name), Mapping):
         return {}
-    fields = {f.name for f in dataclasses.fields(ObjectParams)}
-    return {k: v for k, v in table[name].items() if k in fields}
+    good, base = {}, ObjectParams()
+    for key, value in table[name].items():
+        try:
+            if key not in STORED_FIELDS:
+                raise ArgumentError("not an object parameter")
+            base.replace(**{key: value})
+        except (TypeError, ValueError) as exc:
+            where = f"the model's object parameter {key!r} of class {name!r}"
+            warnings.warn(f"{where} is ignored: {exc}", ObjectsWarning, stacklevel=2)
+            continue
+        good[key] = value
+    return good
+
+
+def check_objects_table(value: Any) -> str | None:
+    """What is wrong with the shape of a checkpoint's objects table, or None (values are
+    checked, and bad ones ignored with a warning, when used: :func:`params_from_metadata`)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or len(value) > 1024:
+        return "must be a {class name: {parameter: value}} dict"
+    scalars = (str, int, float, bool, type(None))
+    for name, params in value.items():
+        if not isinstance(name, str) or not isinstance(params, Mapping) or len(params) > 64:
+            return f"the entry of {str(name)[:40]!r} must be a {{parameter: value}} dict"
+        if not all(isinstance(k, str) and isinstance(v, scalars) for k, v in params.items()):
+            return f"the parameters of {name[:40]!r} must be plain values"
+    return None
 
 
 # --------------------------------------------------------------------------- one block
@@ -201,10 +302,10 @@ def _boundary_block(
     prob = _smoothed(prob, p.smooth)
     inside = prob < p.threshold
     if p.seeds == "distance":
-        markers = _seeds_from_distance(inside, sampling, p.h)
+        markers = _seeds_from_distance(inside, sampling, p.seed_depth())
     else:
         q = np.round(prob * 1000).astype(np.int32)
-        minima = h_minima(q, max(round(p.h * 100), 1)).astype(bool) & inside
+        minima = h_minima(q, max(round(p.seed_depth() * 100), 1)).astype(bool) & inside
         markers = ndi.label(minima, structure=np.ones((3,) * prob.ndim, bool))[0]
     # a closed region too small for a seed of depth h is a seed of its own
     regions, n_regions = ndi.label(inside)
@@ -235,7 +336,7 @@ def _object_block(prob: np.ndarray, sampling: Sequence[float], p: ObjectParams) 
             mask = ndi.binary_fill_holes(mask)
     structure = _structure(mask.ndim)
     if p.split:
-        markers = _seeds_from_distance(mask, sampling, p.h)
+        markers = _seeds_from_distance(mask, sampling, p.seed_depth())
         dist = ndi.distance_transform_edt(mask, sampling=sampling)
         labels = watershed(-dist, markers, mask=mask, connectivity=structure)
         # a component without a seed (thin) keeps its own label
@@ -278,94 +379,6 @@ def split_by_seeds(
     return watershed(-dist, markers, mask=mask).astype(np.int64)
 
 
-# --------------------------------------------------------------------------- reading
-
-
-def _spatial_shape(source: Any, kind: str) -> tuple[int, ...]:
-    shape = tuple(int(n) for n in source.shape)
-    if kind == "probabilities":
-        if len(shape) not in (3, 4):
-            raise ArgumentError(f"probabilities must be (C, Y, X) or (C, Z, Y, X), got {shape}")
-        return shape[1:]
-    if kind == "classes":
-        if len(shape) not in (2, 3):
-            raise ArgumentError(f"a class map must be (Y, X) or (Z, Y, X), got {shape}")
-        return shape
-    raise ArgumentError(f"kind must be 'probabilities' or 'classes', got {kind!r}")
-
-
-def _read_class_prob(source: Any, kind: str, cls: int, z0: int, z1: int, is3d: bool) -> np.ndarray:
-    """The probability (or 0/1 indicator) of class ``cls`` for slices z0..z1-1, (Z', Y, X)."""
-    if kind == "probabilities":
-        block = read_block(source, (cls - 1, slice(z0, z1)) if is3d else (cls - 1,))
-        block = block.astype(np.float32, copy=False)
-    else:
-        block = read_block(source, slice(z0, z1) if is3d else ...) == cls
-        block = block.astype(np.float32)
-    return block if is3d else block[None]
-
-
-def check_class_present(source: Any, kind: str, cls: int) -> None:
-    """One-line error when class ``cls`` is not in the source (bounded reads)."""
-    if kind == "probabilities":
-        n = int(source.shape[0])
-        if not 1 <= cls <= n:
-            raise ArgumentError(f"class {cls} is not in probabilities of {n} classes")
-        return
-    shape = tuple(source.shape)
-    n = shape[0] if len(shape) == 3 else 1
-    for z in range(n):
-        if np.any(read_block(source, z if len(shape) == 3 else ...) == cls):
-            return
-    raise ArgumentError(f"the class map holds no pixel of class {cls}")
-
-
-# --------------------------------------------------------------------------- stitching
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent = np.zeros(1, np.int64)
-
-    def grow(self, n: int) -> None:
-        old = len(self.parent)
-        if n + 1 > old:
-            self.parent = np.concatenate([self.parent, np.arange(old, n + 1, dtype=np.int64)])
-
-    def find(self, a: int) -> int:
-        root = a
-        while self.parent[root] != root:
-            root = int(self.parent[root])
-        while self.parent[a] != root:
-            self.parent[a], a = root, int(self.parent[a])
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def roots(self) -> np.ndarray:
-        return np.array([self.find(i) for i in range(len(self.parent))], np.int64)
-
-
-def _stitch(uf: _UnionFind, below: np.ndarray, above: np.ndarray, any_overlap: bool) -> None:
-    """Join labels of two neighbouring slices from different blocks that overlap.
-
-    Objects join on any overlap (exactly 3D connectivity); boundary segments only
-    when the overlap covers more than half of the smaller of the two.
-    """
-    both = (below > 0) & (above > 0)
-    if not both.any():
-        return
-    pairs, counts = np.unique(np.stack([below[both], above[both]]), axis=1, return_counts=True)
-    size_b = np.bincount(below.ravel())
-    size_a = np.bincount(above.ravel())
-    for (a, b), c in zip(pairs.T, counts):
-        if any_overlap or c > 0.5 * min(size_b[a], size_a[b]):
-            uf.union(int(a), int(b))
-
-
 # --------------------------------------------------------------------------- the whole
 
 
@@ -403,7 +416,7 @@ def label_objects(
         Called after each block.
     """
     p = (params or ObjectParams()).checked()
-    shape = _spatial_shape(source, kind)
+    shape = spatial_shape(source, kind)
     check_int("class", cls, 1 if kind == "probabilities" else 0)
     check_class_present(source, kind, cls)
     is3d = len(shape) == 3
@@ -417,9 +430,9 @@ def label_objects(
     step = p.block_slices if (is3d and p.dims == 3) else 1
     work = p if kind == "probabilities" else dataclasses.replace(p, smooth=0.0)
     blocks = [(z0, min(z0 + step, n_z)) for z0 in range(0, n_z, step)]
-    uf, sizes, offset, last = _UnionFind(), [np.zeros(1, np.int64)], 0, None
+    uf, sizes, offset, last = UnionFind(), [np.zeros(1, np.int64)], 0, None
     for i, (z0, z1) in enumerate(blocks):
-        prob = _read_class_prob(source, kind, cls, z0, z1, is3d)
+        prob = read_class_prob(source, kind, cls, z0, z1, is3d)
         labels = _segment(prob, sc, work)
         labels = np.where(labels > 0, labels + offset, 0)
         n = int(labels.max(initial=0))
@@ -427,7 +440,7 @@ def label_objects(
         counts = np.bincount(labels.ravel(), minlength=n + 1)[offset + 1 :]
         sizes.append(counts)
         if last is not None and p.dims == 3:
-            _stitch(uf, last, labels[0], any_overlap=p.mode == "objects")
+            stitch(uf, last, labels[0], any_overlap=p.mode == "objects")
         _write(out, z0, z1, labels, is3d)
         last = labels[-1]
         offset = max(offset, n)
@@ -470,7 +483,7 @@ def _write(out: Any, z0: int, z1: int, labels: np.ndarray, is3d: bool) -> None:
 
 
 def _final_lut(
-    uf: _UnionFind, sizes: np.ndarray, sc: tuple[float, ...], p: ObjectParams
+    uf: UnionFind, sizes: np.ndarray, sc: tuple[float, ...], p: ObjectParams
 ) -> np.ndarray:
     """Provisional label -> final ``1..n`` (joined across blocks, small objects removed)."""
     roots = uf.roots()

@@ -106,3 +106,38 @@ def test_bad_input_gives_notifications(viewer_with_stack, qtbot, notifications):
     qtbot.waitUntil(lambda: any("no pixel of class 2" in m for m in messages(notifications)))
     assert ob.layer is None
     assert ob.run_btn.isEnabled()
+
+
+def test_settings_come_from_the_model_and_are_remembered_in_it(
+    viewer_with_stack, qtbot, notifications, tmp_path
+):
+    from napari_unet.checkpoint import load_checkpoint, save_checkpoint
+    from napari_unet.model import UNet
+    from napari_unet.objects import default_params
+
+    viewer, _, _ = viewer_with_stack()
+    ob = _objects_dock(viewer)
+    assert not ob.remember()  # no model in memory
+    assert any("no model in memory" in m for m in messages(notifications, "error"))
+    net = UNet(depth=1, base_channels=2)
+    names = ["background", "mitochondria"]
+    stored = {"mitochondria": {"mode": "objects", "min_size": 500.0, "h": 3.0}}
+    ob.state.set_model(net, {"class_names": names, "objects": stored})
+    assert ob.min_size.value() == 500.0 and ob.seed_depth.value() == 3.0
+    _run(ob, qtbot)  # 2D: only the 600 px square of slices 0-1 is >= 500 px
+    assert len(ob.layer.features) == 2
+    ob.min_size.setValue(450.0)
+    ob.split.setChecked(True)
+    ob.seed_depth.setValue(4.5)
+    assert ob.remember()
+    table = ob.state.metadata["objects"]["mitochondria"]
+    assert (table["min_size"], table["split"], table["h"]) == (450.0, True, 4.5)
+    assert ob.state.metadata["class_names"] == names  # the rest of the metadata is kept
+    # the next save carries them, and the CLI and core read them back
+    _, meta = load_checkpoint(save_checkpoint(tmp_path / "m.pt", net, **ob.state.metadata))
+    _, params = default_params(names, 2, meta)
+    assert (params.min_size, params.split, params.h) == (450.0, True, 4.5)
+    ob.min_size.setValue(0.0)
+    ob.class_combo.setCurrentIndex(0)
+    ob.class_combo.setCurrentIndex(1)  # back on the class: its remembered settings
+    assert ob.min_size.value() == 450.0 and ob.split.isChecked()

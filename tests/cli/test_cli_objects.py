@@ -101,3 +101,84 @@ def test_predict_objects_writes_instances_and_csv(cli_data, trained_model, tmp_p
     rows = _rows(tmp_path / "cells.csv")
     assert len(rows) == len(np.unique(labels[labels > 0])) > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+# --------------------------------------------------------------------------- stored parameters
+
+
+def _tuned(model: Path, out: Path, **cell: object) -> Path:
+    """A copy of ``model`` whose stored object parameters of 'cell' are updated by ``cell``."""
+    from napari_unet.checkpoint import load_checkpoint, save_checkpoint
+
+    net, meta = load_checkpoint(model)
+    meta["objects"]["cell"].update(cell)
+    return save_checkpoint(out, net, **meta)
+
+
+def _n_per_slice(path: Path) -> list[int]:
+    labels = tifffile.imread(path)
+    labels = labels if labels.ndim == 3 else labels[None]
+    return [len(np.unique(s[s > 0])) for s in labels]
+
+
+def test_training_stores_object_parameters_per_class(trained_model):
+    from napari_unet.checkpoint import load_checkpoint
+    from napari_unet.objects import BOUNDARY_H
+
+    _, meta = load_checkpoint(trained_model)
+    table = meta["objects"]
+    assert set(table) == set(meta["class_names"]) == {"membrane", "cell"}
+    assert table["cell"]["mode"] == "boundary" and table["cell"]["h"] == BOUNDARY_H
+
+
+def test_stored_parameters_are_the_defaults_and_options_override(trained_model, tmp_path):
+    pred = tmp_path / "pred.tif"
+    cells = _two_cells(2)
+    cells[:, 18:23, 29:31] = 2  # a gap wide enough to stay open after the smoothing
+    write_labels_tiff(pred, cells)
+    tuned = _tuned(trained_model, tmp_path / "tuned.pt", mode="objects")
+
+    def objects(model: Path, name: str, *extra: str) -> list[int]:
+        out = tmp_path / f"{name}.tif"
+        code = main(["objects", "--input", str(pred), "--objects", "cell", "--model", str(model),
+                     "--out", str(out), "-q", *extra])  # fmt: skip
+        assert code == 0
+        return _n_per_slice(out)
+
+    assert objects(trained_model, "stock") == [2, 2]  # boundary watershed: two cells
+    assert objects(tuned, "tuned") == [1, 1]  # the stored mode: components, joined at the gap
+    assert objects(tuned, "flag", "--mode", "boundary") == [2, 2]  # an option overrides
+
+
+def test_predict_objects_uses_the_stored_parameters(cli_data, trained_model, tmp_path):
+    tuned = _tuned(trained_model, tmp_path / "tuned.pt", mode="objects", min_size=1e9)
+    for model, name in ((trained_model, "stock"), (tuned, "tuned")):
+        code = main(
+            ["predict", "--model", str(model), "--image", str(cli_data["image"]), "--slices",
+             "0", "--objects", "cell", "--out", str(tmp_path / f"{name}.tif"), "--device", "cpu",
+             "--threads", "1", "-q"]
+        )  # fmt: skip
+        assert code == 0
+    assert _n_per_slice(tmp_path / "stock.tif")[0] > 0
+    assert _n_per_slice(tmp_path / "tuned.tif") == [0]  # every object under the stored size
+
+
+def test_a_bad_stored_table_gives_one_line(trained_model, tmp_path, capsys):
+    from napari_unet.checkpoint import load_checkpoint, save_checkpoint
+
+    pred = tmp_path / "pred.tif"
+    write_labels_tiff(pred, _two_cells())
+    net, meta = load_checkpoint(trained_model)
+    bad = save_checkpoint(tmp_path / "bad.pt", net, **{**meta, "objects": ["cell"]})
+    args = ["objects", "--input", str(pred), "--objects", "cell", "--out"]
+    code = main([*args, str(tmp_path / "a.tif"), "--model", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "invalid metadata 'objects'" in err
+    odd = _tuned(trained_model, tmp_path / "odd.pt", h="deep", seeds="random")
+    code = main([*args, str(tmp_path / "b.tif"), "--model", str(odd), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and len(err) == 2
+    assert all(e.startswith("napari-unet: warning: the model's object parameter") for e in err)
+    assert any("'h' of class 'cell' is ignored" in e for e in err)
+    assert any("'seeds' of class 'cell' is ignored" in e for e in err)
+    assert _n_per_slice(tmp_path / "b.tif") == [2]  # the defaults instead

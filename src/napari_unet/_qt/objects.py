@@ -4,12 +4,16 @@ Reads the probabilities (or the prediction layer) from the shared state, runs
 :func:`napari_unet.objects.label_objects` and :func:`napari_unet.measure.measure_objects`
 in a worker, and shows an instance Labels layer (aligned with the image, ``features`` =
 the measurements) and a table; merge, delete and split-by-seeds go through the Labels
-layer's own undo history.
+layer's own undo history.  The settings start from the parameters the model in memory
+stores for the class (``metadata["objects"]``, else the class rules); "Remember for this
+model" writes the tuned ones there, so the next save of the model carries them.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +31,16 @@ from qtpy.QtWidgets import (
 )
 
 from ..measure import measure_objects
-from ..objects import ObjectParams, default_params, label_objects, split_by_seeds
+from ..objects import (
+    METADATA_KEY,
+    ObjectParams,
+    ObjectsWarning,
+    default_params,
+    label_objects,
+    params_to_dict,
+    source_class,
+    split_by_seeds,
+)
 from ._widgets import UNetWidget
 
 if TYPE_CHECKING:
@@ -85,6 +98,24 @@ class ObjectsWidget(UNetWidget):
         form.addRow("Min size", self.min_size)
         self.split = QCheckBox("split touching objects")
         form.addRow(self.split)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setToolTip("boundary: probability >= this is membrane; objects: is object")
+        form.addRow("Threshold", self.threshold)
+        self.seed_depth = QDoubleSpinBox()
+        self.seed_depth.setRange(0.0, 1000.0)
+        self.seed_depth.setDecimals(1)
+        self.seed_depth.setToolTip(
+            "seed depth h (pixels): higher merges more (fewer, larger cells); lower splits more"
+        )
+        form.addRow("Seed depth", self.seed_depth)
+        self.remember_btn = QPushButton("Remember for this model")
+        self.remember_btn.setToolTip(
+            "store these settings for this class in the model in memory: the next save of the "
+            "model (Export, or training on from it) carries them, and the CLI uses them"
+        )
+        form.addRow(self.remember_btn)
         self.run_btn, self.stop_btn, self.progress = self.add_run_row("Find objects", "Stop")
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels([h for _, h in TABLE_COLUMNS])
@@ -118,34 +149,90 @@ class ObjectsWidget(UNetWidget):
         self.seeds_btn.clicked.connect(lambda: self.seeds_layer())
         self.split_btn.clicked.connect(lambda: self.split_at_seeds())
         self.undo_btn.clicked.connect(lambda: self.undo())
+        self.remember_btn.clicked.connect(lambda: self.remember())
         self.state.classes_changed.connect(self._fill_classes)
+        self.state.model_changed.connect(self.load_settings)
+        self.class_combo.currentIndexChanged.connect(lambda *_: self.load_settings())
+        self.mode_combo.currentIndexChanged.connect(lambda *_: self.load_settings())
         self._fill_classes()
 
     # -- settings ----------------------------------------------------------------------------
     def _fill_classes(self) -> None:
         current = self.class_combo.currentText()
+        self.class_combo.blockSignals(True)
         self.class_combo.clear()
         self.class_combo.addItems(list(self.state.class_names))
         if current in self.state.class_names:
             self.class_combo.setCurrentText(current)
         else:  # the non-boundary class by default: "cell", "mitochondria"
             self.class_combo.setCurrentIndex(len(self.state.class_names) - 1)
+        self.class_combo.blockSignals(False)
+        self.load_settings()
 
-    def params(self) -> tuple[int, ObjectParams]:
-        """The source class and the parameters chosen (defaults from the classes)."""
+    def _stored(self) -> ObjectParams:
+        """The model's (or the class rules') parameters for the class and method chosen."""
         names = list(self.state.class_names)
         k = self.class_combo.currentIndex() + 1
-        source, params = default_params(names, k, self.state.metadata)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ObjectsWarning)
+            _, params = default_params(names, k, self.state.metadata)
+        for w in caught:
+            self.warning(str(w.message))
         mode = self.mode_combo.currentText()
-        if mode != "auto":
-            params = params.replace(mode=mode)
-            source = k if mode == "objects" else source
+        if mode not in ("auto", params.mode):  # that method's defaults, not the stored ones
+            params = default_params(names, k)[1].replace(mode=mode, h=None)
+        return params
+
+    def load_settings(self) -> None:
+        """Show the stored (or default) parameters of the class chosen."""
+        if self.class_combo.count() == 0:
+            return
+        p = self._stored()
+        self.dims_combo.setCurrentIndex(1 if p.dims == 3 else 0)
+        self.min_size.setSpecialValueText(f"{p.min_pixels} pixels")
+        self.min_size.setValue(p.min_size or 0.0)
+        self.split.setChecked(p.split)
+        self.threshold.setValue(p.threshold)
+        self.seed_depth.setValue(p.seed_depth())
+
+    def params(self) -> tuple[int, ObjectParams]:
+        """The source class and the parameters chosen (defaults: the model's, or the rules)."""
+        names = list(self.state.class_names)
+        k = self.class_combo.currentIndex() + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ObjectsWarning)  # shown by load_settings
+            _, params = default_params(names, k, self.state.metadata)
+        mode = self.mode_combo.currentText()
         size = self.min_size.value()
-        return source, params.replace(
+        params = params.replace(
+            mode=params.mode if mode == "auto" else mode,
             dims=3 if self.dims_combo.currentIndex() == 1 else 2,
             min_size=size if size > 0 else None,
             split=self.split.isChecked(),
+            threshold=float(self.threshold.value()),
+            h=float(self.seed_depth.value()),
         )
+        return source_class(names, k, params.mode), params
+
+    def remember(self) -> bool:
+        """Store the settings of the class chosen in the metadata of the model in memory."""
+        if self.state.model is None:
+            self.error("no model in memory to remember the settings in: train one first")
+            return False
+        try:
+            _, params = self.params()
+        except ValueError as exc:
+            self.error(f"objects: {exc}")
+            return False
+        name = self.class_combo.currentText()
+        meta = dict(self.state.metadata)
+        old = meta.get(METADATA_KEY)
+        table = dict(old) if isinstance(old, Mapping) else {}
+        table[name] = params_to_dict(params)
+        meta[METADATA_KEY] = table
+        self.state.metadata = meta  # the next save of this model carries it
+        self.info(f"object settings of {name!r} remembered: the next save of the model keeps them")
+        return True
 
     def _source(self) -> tuple[Any, str] | None:
         """The probabilities, else the prediction layer's class map; notify when neither."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +41,14 @@ examples:
 CLASS is a class name (from --model, else the default names) or a number: a class
 1..C of probabilities, a value of a class map. A boundary class (membrane), or a
 cell class beside one, gives watershed instances; other classes give objects.
+With --model, the parameters stored in the checkpoint for CLASS (written at
+training, or tuned in the Objects dock) are the defaults; options override them.
 """
 
 
 def add_object_arguments(p: argparse.ArgumentParser) -> None:
     """The options of the objects step (shared with ``predict --objects``); defaults: the core's."""
-    from ..objects import ObjectParams
+    from ..objects import BOUNDARY_H, OTHER_H, ObjectParams
 
     d = ObjectParams()
     p.add_argument("--mode", choices=("boundary", "objects"), help="default: from the class")
@@ -68,8 +72,10 @@ def add_object_arguments(p: argparse.ArgumentParser) -> None:
         "--seeds", choices=("distance", "hminima"), help=f"watershed seeds (default {d.seeds})"
     )
     p.add_argument(
-        "--seed-depth", type=float, metavar="H", help=f"seed depth h (default {d.h:g} px)"
-    )
+        "--seed-depth", type=float, metavar="H",
+        help=f"seed depth h in pixels (default: the model's, else {BOUNDARY_H:g} for boundary "
+        f"watershed with distance seeds, {OTHER_H:g} otherwise)",
+    )  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -174,9 +180,29 @@ def class_info(model: str | None, n_classes: int | None) -> tuple[list[str], Any
     return names, class_lut(meta.get("label_mapping"), k), meta
 
 
+def _defaults(names: list[str], k: int, meta: dict) -> tuple[int, Any]:
+    """``objects.default_params``; a stored parameter it ignores is one line on stderr."""
+    from ..objects import ObjectsWarning, default_params
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ObjectsWarning)
+        found = default_params(names, k, meta)
+    for w in caught:
+        if issubclass(w.category, ObjectsWarning):
+            print(f"napari-unet: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return found
+
+
 def choose(src: Source, target: str, model: str | None, args: argparse.Namespace) -> tuple:
-    """(source class or value, ObjectParams, class name) for ``--objects target``."""
-    from ..objects import default_params, resolve_class
+    """(source class or value, ObjectParams, class name) for ``--objects target``.
+
+    The parameters: the model's stored ones for the class (else the class rules),
+    then the options; the source class follows the final mode (a cell class in
+    boundary mode: the membrane class beside it).
+    """
+    from ..objects import ObjectParams, resolve_class, source_class
 
     n = int(src.data.shape[0]) if src.kind == "probabilities" else None
     names, lut, meta = class_info(model, n)
@@ -184,25 +210,17 @@ def choose(src: Source, target: str, model: str | None, args: argparse.Namespace
     if src.kind == "classes" and text.isdigit() and text.lower() not in [s.lower() for s in names]:
         value = int(text)  # a value of the class map
         k = next((i for i in range(1, len(names) + 1) if _value(lut, i) == value), None)
-        cls, params, name = value, None, f"value {value}"
-        if k is not None:
-            source_k, params = default_params(names, k, meta)
-            source_k = k if args.mode == "objects" else source_k
-            cls, name = _value(lut, source_k), names[k - 1]
+        if k is None:  # a value no class maps to: its own objects
+            return value, _with_options(ObjectParams(), args), f"value {value}"
     else:
         try:
             k = resolve_class(text, names)
         except ValueError as exc:
             raise CLIError(f"--objects: {exc}") from None
-        source_k, params = default_params(names, k, meta)
-        if args.mode == "objects":  # the class itself, not the boundary beside it
-            source_k = k
-        cls = source_k if src.kind == "probabilities" else _value(lut, source_k)
-        name = names[k - 1]
-    from ..objects import ObjectParams
-
-    params = _with_options(params or ObjectParams(), args)
-    return cls, params, name
+    params = _with_options(_defaults(names, k, meta)[1], args)
+    source_k = source_class(names, k, params.mode)
+    cls = source_k if src.kind == "probabilities" else _value(lut, source_k)
+    return cls, params, names[k - 1]
 
 
 def _value(lut: Any, k: int) -> int:

@@ -237,6 +237,9 @@ class Trainer:
             meta["intensity"] = dict(self.intensity)
         if "label_mapping" in self._meta_in:
             meta["label_mapping"] = self._meta_in["label_mapping"]
+        from ..objects import objects_metadata
+
+        meta["objects"] = objects_metadata(self.class_names, self._meta_in.get("objects"))
         return meta
 
     def save(self, path: str | Path) -> Path:
