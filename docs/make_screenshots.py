@@ -3,13 +3,13 @@
 Runs the real workflow in a real napari window (under Xvfb when there is no
 display: ``xvfb-run -a python docs/make_screenshots.py`` or let the script
 start PyVirtualDisplay): open the synthetic sample in a 1500 x 950 window, dock
-the seven widgets as ``napari-unet`` does (one tab group, vertical tabs:
+the eight widgets as ``napari-unet`` does (one tab group, vertical tabs:
 :mod:`napari_unet._qt._dock_layout`), paint three slices, preview the
 augmentation and the weight map, train the small preset briefly on the CPU,
-predict, accept a slice, open Export -- and grab the whole window after each step:
+predict, find the cells, accept a slice, open Export -- and grab the whole window after each step:
 
     annotate.png augmentation.png weightmap.png training.png
-    prediction.png correction.png export.png main.png
+    prediction.png objects.png correction.png export.png main.png
 
     python docs/make_screenshots.py [--out docs/images] [--iterations 40]
 """
@@ -56,7 +56,7 @@ def main() -> None:
 
 
 class _Session:
-    """A napari window with the seven docks, and the helpers that drive and grab it."""
+    """A napari window with the eight docks, and the helpers that drive and grab it."""
 
     def __init__(self, out: Path) -> None:
         import napari
@@ -181,6 +181,15 @@ def _train_predict_correct(s: _Session, labels: Any, iterations: int) -> None:
     s.only("synthetic EM", "synthetic EM prediction")
     s.go(12)
     s.shot("prediction.png")
+    ob = s.widgets["objects"]
+    s.show_tab(ob)
+    ob.class_combo.setCurrentText("cell")  # cells between membranes: boundary watershed
+    ob.find_objects()
+    s.wait(lambda: not ob.busy(), 600)
+    objects = [lay.name for lay in s.viewer.layers if "objects" in lay.name]
+    s.only("synthetic EM", *objects)
+    s.go(12)
+    s.shot("objects.png")
     s.show_tab(co)
     s.go(7)
     co.accept_slice()
