@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..slices import SLICES_HELP, read_slice
+from ..slices import SLICES_HELP, read_block, read_slice
 from ..slices import parse_slices as _parse_slices
 from . import CLIError
 
@@ -227,7 +227,12 @@ def human_bytes(n: float) -> str:
 
 
 class SliceSelection:
-    """Read-only view of some Z-slices of a ``(Z, H, W)`` array, in the given order."""
+    """Read-only view of some Z-slices of a ``(Z, H, W)`` array, in the given order.
+
+    ``view[i]`` reads slice ``slices[i]`` whole; ``view[i, rows, columns]`` (how block-wise
+    prediction and the normalisation sample read) asks the array for that block only, so a
+    block of a huge slice costs the block's pixels, not the slice's.
+    """
 
     def __init__(self, array: Any, slices: Sequence[int]) -> None:
         self._array = array
@@ -243,7 +248,10 @@ class SliceSelection:
         if isinstance(index, (int, np.integer)):
             return read_slice(self._array, self._slices[int(index)])
         if isinstance(index, tuple) and index and isinstance(index[0], (int, np.integer)):
-            return self[index[0]][index[1:]]  # (z, rows, columns): one slice, then a view
+            z, rest = self._slices[int(index[0])], index[1:]
+            if len(self._array.shape) < 3 or not rest or any(r is Ellipsis for r in rest):
+                return read_slice(self._array, z)[rest]  # a whole slice anyway, then a view
+            return read_block(self._array, (z, *rest))  # (z, rows, columns): the block only
         if index is Ellipsis:
             return np.stack([self[i] for i in range(len(self))])
         raise TypeError(f"SliceSelection supports integer slice indexing, got {index!r}")
