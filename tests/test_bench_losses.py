@@ -57,3 +57,52 @@ def test_evaluation_section_survives_a_re_render(tmp_path: Path) -> None:
     text = page.read_text()
     assert "old body" not in text and "# Evaluation: ISBI 2012" in text
     assert section in text and text.count(bench_losses.SECTION_BEGIN) == 1
+
+
+def test_object_scores_match_instances_from_probabilities() -> None:
+    """Instances from clean probabilities against known truth: 2 of 3 found, 1 false."""
+    import numpy as np
+
+    truth_ids = np.zeros((2, 64, 64), np.int32)
+    truth_ids[0, 5:15, 5:15] = 1  # found
+    truth_ids[0, 30:40, 30:40] = 2  # found
+    truth_ids[1, 40:50, 10:20] = 3  # missed
+    mito = np.zeros((2, 64, 64), np.float32)
+    mito[0, 5:15, 5:15] = 1.0
+    mito[0, 30:40, 30:40] = 1.0
+    mito[1, 5:15, 45:55] = 1.0  # a false object
+    probs = np.stack([1.0 - mito, mito])
+    scores = bench_losses.object_scores(probs, truth_ids)
+    assert scores["object_f1"] == pytest.approx(2 / 3, abs=1e-3)
+    assert scores["object_precision"] == pytest.approx(2 / 3, abs=1e-3)
+    assert scores["object_recall"] == pytest.approx(2 / 3, abs=1e-3)
+    truth_probs = np.stack([truth_ids == 0, truth_ids > 0]).astype(np.float32)
+    assert bench_losses.object_scores(truth_probs, truth_ids)["object_f1"] == 1.0
+
+
+def test_longer_budget_rows_are_tabled_apart_with_a_ranking(tmp_path: Path) -> None:
+    rows = _rows()
+    for r in list(rows):
+        if r["task"] == "isbi":  # a longer budget where the order of the two flips
+            flipped = 0.05 if r["loss"] == "dice" else 0.2
+            rows.append({**r, "budget": 2000, "pixel_error": flipped})
+    assert bench_losses.budgets(rows, "isbi") == [500, 2000]
+    main = bench_losses.main_summary(rows, "isbi", bench_losses.ISBI_METRICS)
+    assert {e["iterations"] for e in main} == {"500"}  # budgets are never averaged together
+    assert main[0]["pixel_error"] == pytest.approx((0.11, 0.01))
+    ranking = bench_losses.budget_ranking(rows, "pixel_error", higher=False)
+    assert ranking.startswith("pixel error, best first: 500 it.: ce 0.0850")
+    assert ranking.endswith("the order changes")
+    blocks = bench_losses.generated_blocks({"rows": rows, "runs": []})
+    assert "| dice | 2000 | 0,1 | 0.0500 ± 0.0000 |" in blocks["longer"]
+    assert "| dice | 2000 |" not in blocks["isbi"] and "2000" in bench_losses.evaluation_section(
+        {"rows": rows}
+    )
+    page = "intro\n<!-- gen:isbi -->\nold\n<!-- /gen:isbi -->\nkept\n"
+    filled = bench_losses.fill_blocks(page, {"isbi": blocks["isbi"]})
+    assert "old" not in filled and filled.startswith("intro\n") and filled.endswith("kept\n")
+    assert bench_losses.fill_blocks(filled, {"isbi": blocks["isbi"]}) == filled
+    with pytest.raises(ValueError, match="gen:mito"):
+        bench_losses.fill_blocks(page, {"mito": ""})
+    picked = bench_losses.select_losses(bench_losses.ISBI_LOSSES, ("dice", "wce", "wce+dice"))
+    assert [n.split(" ")[0] for n in picked] == ["dice", "wce", "wce+dice"]

@@ -242,3 +242,77 @@ def test_uint8_target_and_low_precision_logits():
         assert out.dtype == torch.bfloat16
         value = combined_loss(out, target, weight)
     assert value.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- the trainer's weights
+
+
+def _train_and_capture(mode: str, monkeypatch: pytest.MonkeyPatch):
+    """A real 2-iteration training run with ``loss=mode``; its batches and border-term calls.
+
+    One dense 64 x 64 slice, 64 px patches, same padding, no oversampling and no crop:
+    every patch is the whole slice, so a batch's weights can be compared pixel by pixel.
+    """
+    import numpy as np
+
+    from napari_unet.model import UNet
+    from napari_unet.sample_data import synthetic_em
+    from napari_unet.training import TrainConfig, Trainer
+    from napari_unet.training import live_labels as live_module
+    from napari_unet.training import trainer as trainer_module
+
+    calls: list[int] = []
+    real_border, real_sample = live_module.border_term, trainer_module.sample_batch
+
+    def counting_border(*args, **kwargs):
+        calls.append(1)
+        return real_border(*args, **kwargs)
+
+    batches: list = []
+
+    def recording_sample(*args, **kwargs):
+        batches.append(real_sample(*args, **kwargs))
+        return batches[-1]
+
+    monkeypatch.setattr(live_module, "border_term", counting_border)
+    monkeypatch.setattr(trainer_module, "sample_batch", recording_sample)
+    image, truth = synthetic_em((3, 64, 64), seed=3)
+    labels = np.zeros_like(truth)
+    labels[1] = truth[1]  # dense: every pixel is labelled
+    config = TrainConfig(
+        loss=mode, iterations=2, w0=6.0, sigma=4.0, class_weights="balanced", device="cpu",
+        batch_size=2, patch_size=64, label_oversampling=0.0, num_threads=1,
+        preview_every_s=0.0, max_minutes=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_channels=4, padding="same", norm="batch")
+    trainer = Trainer(image, labels, config, model=model)
+    for _ in trainer.run():
+        pass
+    return trainer, labels, batches, calls
+
+
+@pytest.mark.parametrize("mode", LOSS_MODES)
+def test_border_term_only_for_losses_with_a_weight_map(mode, monkeypatch):
+    """Weighted losses get the border weight map as before; dice / jaccard alone never
+    compute it and their batches carry no weights."""
+    import numpy as np
+
+    from napari_unet.weightmap import class_weight_lut, loss_weight_map
+
+    trainer, labels, batches, calls = _train_and_capture(mode, monkeypatch)
+    assert len(batches) == 2
+    slice_cache = trainer._live.slices[1]
+    if not uses_pixel_weights(mode):
+        assert calls == [] and slice_cache.border is None
+        assert all(weights is None for _, _, weights in batches)
+        return
+    lut = class_weight_lut(np.bincount(labels.ravel(), minlength=3), 2, "balanced")
+    expected = loss_weight_map(labels[1], lut, w0=6.0, sigma=4.0, object_class=2)
+    assert calls and slice_cache.border is not None and expected.max() > lut.max()
+    np.testing.assert_allclose(trainer.weight_map(1), expected, rtol=1e-6)
+    for _, batch_labels, weights in batches:
+        assert weights is not None and weights.shape == batch_labels.shape
+        for lab, w in zip(batch_labels, weights):  # each patch is the whole slice
+            np.testing.assert_array_equal(lab, labels[1])
+            np.testing.assert_allclose(w, expected, rtol=1e-6)

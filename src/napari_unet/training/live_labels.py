@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..labels import label_dtype
+from ..losses import uses_pixel_weights
 from ..slices import read_slice
 from ..weightmap import border_term, class_weight_lut
 from .config import TrainConfig
@@ -91,7 +92,8 @@ class LiveLabels:
     n_classes, object_class : int
         Classes ``1..n_classes``; the class whose objects make the border term.
     config : TrainConfig
-        Its ``loss``, ``w0``, ``sigma`` and ``class_weights`` make the loss weights.
+        Its ``loss``, ``w0``, ``sigma`` and ``class_weights`` make the loss weights (the
+        border term only for a loss that uses a weight map).
     excluded : iterable of int
         Slices never used for training (the validation slices).
     """
@@ -180,7 +182,7 @@ class LiveLabels:
             coords = np.flatnonzero(labels).astype(np.int32 if labels.size < 2**31 else np.int64)
         border = None  # the border term alone; class weights are applied per patch
         cfg = self._config
-        if cfg.loss != "dice" and n:
+        if n and uses_pixel_weights(cfg.loss):  # dice / jaccard alone: no weight map
             border = border_term(labels, self.object_class, cfg.w0, cfg.sigma)
         entry = LabelledSlice(z, image, labels, sig, n, counts.astype(np.int64), coords, border)
         entry.nonfinite = mask
@@ -200,7 +202,12 @@ class LiveLabels:
         return int(sum(s.n_labelled for s in self.slices.values()))
 
     def weight_map(self, z: int) -> np.ndarray:
-        """Class weights plus the border term of training slice ``z``, 0 where unlabelled."""
+        """Class weights plus the border term of training slice ``z``, 0 where unlabelled.
+
+        For a loss without a cross-entropy term (``"dice"``, ``"jaccard"``: no weight
+        map, :func:`napari_unet.losses.uses_pixel_weights`) the border term is never
+        computed, and this is the class weights alone.
+        """
         if z not in self.slices:
             raise ValueError(
                 f"slice {z} is not a training slice (labelled slices: {self.labelled_slices})"
