@@ -20,6 +20,7 @@ from napari_unet.model import UNet
 from napari_unet.tiling import predict_dask, predict_tiled
 from napari_unet.tiling.blocks import block_grid, frame_map, reflect_index
 from napari_unet.tiling.geometry import plan_tiles
+from napari_unet.tiling.scheduling import IN_FLIGHT_MIN
 
 NORM = {"mean": 0.5, "std": 0.25}
 
@@ -176,13 +177,18 @@ def test_predict_dask_blocks_tiff_on_local_cluster_and_resume(tmp_path):
             processes=False, n_workers=2, threads_per_worker=1, host="127.0.0.1",
             protocol="tcp://", dashboard_address=":0",
         ) as cluster,
-        Client(cluster),
+        Client(cluster) as client,
     ):  # fmt: skip
-        predict_dask(
-            net, source, out=out, probabilities_out=pout,
-            progress=lambda d, t: seen.append((d, t)), **opts,
-        )  # fmt: skip
+        held: list[int] = []  # futures the client holds when a block is done
+
+        def progress(d: int, t: int) -> None:
+            seen.append((d, t))
+            held.append(len(client.futures))
+
+        predict_dask(net, source, out=out, probabilities_out=pout, progress=progress, **opts)
         assert seen[-1] == (24, 24)  # 2 slices x 3 x 4 blocks of 64 x 48 (whole chunks)
+        # a sliding window of 8 tasks (2 threads x 4, at least 8), not all 24 at once
+        assert 1 <= max(held) <= IN_FLIGHT_MIN < 24
         # labels equal; probabilities to rounding: the worker threads' OpenMP thread count
         # (not the test's torch.set_num_threads(1)) changes the convolutions' summation order
         assert np.array_equal(out[...], ref)

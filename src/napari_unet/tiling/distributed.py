@@ -30,6 +30,7 @@ from .geometry import check_model, plan_tiles
 from .inference import prepare_for_inference
 from .memory import default_block_size, default_tile_and_batch
 from .predict import check_image, check_tiling, image_normalization, predict_blocks
+from .scheduling import run_tasks
 from .sources import TiffSource
 
 __all__ = ["predict_dask"]
@@ -246,45 +247,6 @@ def _zarr_target(target: Any, shape: tuple[int, ...], chunks: tuple[int, ...], d
     return target
 
 
-def _run(tasks: list[tuple[int, int, Any]], recorders: list[Any], progress: Any) -> None:
-    """Compute the block tasks (on the default distributed client if there is one), recording each."""
-    import dask
-
-    try:
-        from distributed import as_completed, default_client
-
-        client = default_client()
-    except (ImportError, ValueError):
-        client = None
-    total, done = len(tasks), 0
-
-    def finished(z: int, b: int) -> None:
-        nonlocal done
-        done += 1
-        for recorder in recorders:
-            recorder.mark_block(z, b)
-        if progress is not None:
-            progress(done, total)
-
-    try:
-        if client is not None:
-            futures = client.compute([t for _, _, t in tasks])
-            index = {f.key: (z, b) for f, (z, b, _) in zip(futures, tasks)}
-            for fut in as_completed(futures):
-                fut.result()
-                finished(*index[fut.key])
-            return
-        step = 8  # the local schedulers: record after every few blocks
-        for i in range(0, total, step):
-            group = tasks[i : i + step]
-            dask.compute(*[t for _, _, t in group])
-            for z, b, _ in group:
-                finished(z, b)
-    finally:
-        for recorder in recorders:
-            recorder.flush()
-
-
 def _graph(
     model: nn.Module, spec: _ModelSpec, darr: Any, source: Any, shape: tuple[int, ...],
     grid: list[Block], work: list[tuple[int, int]], targets: Any, kwargs: dict[str, Any],
@@ -486,5 +448,5 @@ def _predict_into(
         work = [(z, b) for z in range(n_z) for b in range(len(grid))]
     targets = (target, ptarget, labels_lut)
     tasks = _graph(model, spec, darr, source, shape, grid, work, targets, kwargs)
-    _run(tasks, recorders, progress)
+    run_tasks(tasks, recorders, progress)
     return (target, ptarget) if ptarget is not None else target
