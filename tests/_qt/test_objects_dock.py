@@ -141,3 +141,30 @@ def test_settings_come_from_the_model_and_are_remembered_in_it(
     ob.class_combo.setCurrentIndex(0)
     ob.class_combo.setCurrentIndex(1)  # back on the class: its remembered settings
     assert ob.min_size.value() == 450.0 and ob.split.isChecked()
+
+
+def test_a_checkpoint_predicted_with_gives_its_stored_settings(viewer_with_stack, qtbot, tmp_path):
+    """Predict with a checkpoint (no model in memory): Objects shows that checkpoint's table."""
+    from qt_helpers import dock as plugin_dock
+
+    from napari_unet.checkpoint import save_checkpoint
+    from napari_unet.model import UNet
+
+    viewer, _, _ = viewer_with_stack()
+    names = ["membrane", "cell"]
+    stored = {"cell": {"mode": "boundary", "threshold": 0.35, "h": 4.0}}
+    meta = {"class_names": names, "normalization": {"mean": 127.0, "std": 70.0}, "objects": stored}
+    ckpt = save_checkpoint(tmp_path / "m.pt", UNet(depth=1, base_channels=2), **meta)
+    ob = dock(viewer, "Objects")
+    ob.state.set_classes(names, ["#ff0000", "#0000ff"])
+    ob.class_combo.setCurrentText("cell")
+    assert ob.threshold.value() == 0.5  # the rules' default before any prediction
+    pr = plugin_dock(viewer, "5 Predict")
+    pr.source.setCurrentText("checkpoint file")
+    pr.ckpt_edit.setText(str(ckpt))
+    pr.range.setCurrentText("current slice")
+    pr.device.setCurrentText("cpu")
+    with qtbot.waitSignal(pr.prediction_finished, timeout=60_000):
+        pr.predict()
+    assert ob.state.model is None and ob.state.prediction_metadata["objects"] == stored
+    assert ob.threshold.value() == pytest.approx(0.35) and ob.seed_depth.value() == 4.0

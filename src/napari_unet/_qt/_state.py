@@ -97,6 +97,9 @@ class UNetState(QObject):
         self.suggestions: Any = None
         self.model: Any = None
         self.metadata: dict[str, Any] = {}
+        #: metadata of the checkpoint the prediction layer was made with (None: the model in
+        #: memory made it, or nothing did); Objects reads its stored parameters from it
+        self.prediction_metadata: dict[str, Any] | None = None
         self.checkpoint_path: str | None = None
         self.closed = False
         self._window_ref: weakref.ref[QObject] | None = None
@@ -216,6 +219,21 @@ class UNetState(QObject):
     def set_prediction_layer(self, layer: Labels | None) -> None:
         self.prediction_layer = layer
         self.prediction_changed.emit(layer)
+
+    def set_prediction_metadata(self, metadata: dict[str, Any] | None) -> None:
+        """The metadata of the checkpoint that made the prediction (None: the model in memory)."""
+        new = None if metadata is None else dict(metadata)
+        if new == self.prediction_metadata:
+            return  # e.g. every run with the model in memory: nothing the docks show changed
+        self.prediction_metadata = new
+        self.prediction_changed.emit(self.prediction_layer)
+
+    def object_metadata(self) -> dict[str, Any]:
+        """Where the objects step's stored parameters come from: the checkpoint that made the
+        prediction, else the model in memory."""
+        if self.prediction_metadata is not None:
+            return self.prediction_metadata
+        return self.metadata
 
     def _on_layer_inserted(self, event: Any) -> None:
         if self.image_layer is None and is_source_image(event.value):

@@ -152,6 +152,7 @@ class ObjectsWidget(UNetWidget):
         self.remember_btn.clicked.connect(lambda: self.remember())
         self.state.classes_changed.connect(self._fill_classes)
         self.state.model_changed.connect(self.load_settings)
+        self.state.prediction_changed.connect(lambda *_: self.load_settings())
         self.class_combo.currentIndexChanged.connect(lambda *_: self.load_settings())
         self.mode_combo.currentIndexChanged.connect(lambda *_: self.load_settings())
         self._fill_classes()
@@ -175,7 +176,7 @@ class ObjectsWidget(UNetWidget):
         k = self.class_combo.currentIndex() + 1
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ObjectsWarning)
-            _, params = default_params(names, k, self.state.metadata)
+            _, params = default_params(names, k, self.state.object_metadata())
         for w in caught:
             self.warning(str(w.message))
         mode = self.mode_combo.currentText()
@@ -201,7 +202,7 @@ class ObjectsWidget(UNetWidget):
         k = self.class_combo.currentIndex() + 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ObjectsWarning)  # shown by load_settings
-            _, params = default_params(names, k, self.state.metadata)
+            _, params = default_params(names, k, self.state.object_metadata())
         mode = self.mode_combo.currentText()
         size = self.min_size.value()
         params = params.replace(
@@ -231,6 +232,9 @@ class ObjectsWidget(UNetWidget):
         table[name] = params_to_dict(params)
         meta[METADATA_KEY] = table
         self.state.metadata = meta  # the next save of this model carries it
+        shown = self.state.prediction_metadata
+        if shown is not None:  # the prediction's checkpoint: shown from now on as remembered
+            shown[METADATA_KEY] = {**dict(shown.get(METADATA_KEY) or {}), name: table[name]}
         self.info(f"object settings of {name!r} remembered: the next save of the model keeps them")
         return True
 

@@ -216,6 +216,7 @@ class PredictWidget(UNetWidget):
             if item.metadata is not None:  # loaded from the checkpoint
                 self._meta = dict(item.metadata)
                 self._fill_prob_classes()
+            self.state.set_prediction_metadata(item.metadata)  # None: the model in memory
             self._outputs = item
             same = (item.n_classes, item.labels, item.probabilities) == (self._prepared, None, None)
             if not same:  # else the layers made at the click are the ones written
